@@ -1,0 +1,26 @@
+# One-command set-up: every target creates .venv when missing and installs into it.
+PY := .venv/bin/python
+TORCH_PIN := torch==2.13.0
+
+.PHONY: install test run serve lint bench
+
+.venv/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PIN)
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+install: .venv/.installed
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(PY) -m ruff check src tests bench scripts
+
+run: install
+	.venv/bin/rlserve generate --chat "What is 37 + 48?" --max-tokens 32 --logprobs
+
+bench: install
+	$(PY) bench/throughput.py --quick

@@ -1,0 +1,476 @@
+"""The Engine: requests in, tokens and logprobs out.
+
+`add_request` / `step` / `abort` are the streaming core: each `step()` schedules one
+batch (continuous batching over a paged KV cache), runs the model once, samples, and
+returns a delta per request that progressed. `generate`, `chat` and `score` are loops
+over it. The Engine is not thread-safe: drive it from one thread.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Hashable
+from collections.abc import Sequence as SequenceABC
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, GenerationConfig
+
+from rlserve.config import DEFAULT_KV_CACHE_MEMORY, EngineConfig
+from rlserve.engine.block_manager import BlockManager
+from rlserve.engine.model_runner import ModelRunner
+from rlserve.engine.output_processor import OutputProcessor
+from rlserve.engine.sampler import SamplingRow, noise_seed, sample
+from rlserve.engine.scheduler import ScheduledBatch, Scheduler
+from rlserve.engine.sequence import Sequence
+from rlserve.models.loader import WeightSource, load_model, read_config, update_weights
+from rlserve.outputs import CompletionOutput, RequestOutput
+from rlserve.sampling_params import SamplingParams
+
+Prompt = str | list[int]
+
+
+@dataclass
+class _Request:
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    seqs: list[Sequence] = field(default_factory=list)
+    announced: bool = False  # the first delta (with prompt info) was sent
+
+    @property
+    def finished(self) -> bool:
+        return len(self.seqs) == self.params.n and all(s.is_finished for s in self.seqs)
+
+
+class Engine:
+    """Generate with continuous batching, paged KV and prefix caching; score sequences.
+
+    `Engine()` loads the bundled model; `Engine(path, dtype=..., device=..., ...)` any local
+    Llama / Qwen2 / Qwen3 checkpoint. Keyword arguments are `EngineConfig` fields.
+    """
+
+    def __init__(self, model: str | Path | None = None, **config: object) -> None:
+        self.config = EngineConfig(model=None if model is None else str(model), **config)
+        self.model_path = str(self.config.model_path)
+        self.device = torch.device(self.config.device)
+        model_config, hf_config = read_config(self.model_path, self.config.trust_remote_code)
+        self.max_model_len = self.config.max_model_len or model_config.max_position_embeddings
+        self.model = load_model(self.model_path, self.config.torch_dtype, self.device,
+                                self.max_model_len)
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            self.model_path, trust_remote_code=self.config.trust_remote_code)
+        self.eos_token_ids = _eos_token_ids(self.model_path, self.tokenizer, hf_config)
+        num_blocks = self._num_kv_blocks()
+        self.block_manager = BlockManager(num_blocks, self.config.block_size,
+                                          self.config.enable_prefix_caching)
+        self.runner = ModelRunner(self.model, num_blocks, self.config.block_size, self.device,
+                                  self.config.torch_dtype)
+        self.scheduler = Scheduler(self.block_manager, self.config.max_num_seqs,
+                                   self.config.max_num_batched_tokens, self._cache_key)
+        self.outputs = OutputProcessor(self.tokenizer, self.eos_token_ids, self.max_model_len)
+        self.policy_version = 0
+        self._requests: dict[str, _Request] = {}
+        self._aborted: list[_Request] = []
+        self._rng = random.Random(self.config.seed)
+        self._next_seq_id = 0
+        self._counters = dict.fromkeys(
+            ("prompt_tokens_total", "prompt_tokens_computed", "generated_tokens",
+             "requests_finished", "steps"), 0)
+
+    # ---- streaming core -------------------------------------------------------------------
+
+    def add_request(self, prompt: Prompt, params: SamplingParams | None = None,
+                    request_id: str | None = None) -> str:
+        """Queue a prompt (text or token ids); returns its request id."""
+        params = SamplingParams() if params is None else params
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"params must be a SamplingParams, got {type(params).__name__}")
+        request_id = uuid.uuid4().hex if request_id is None else str(request_id)
+        if request_id in self._requests:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        text, token_ids = self._tokenize_prompt(prompt)
+        self._check_fits(token_ids, params)
+        request = _Request(request_id, text, token_ids, params)
+        seed = params.seed if params.seed is not None else self._rng.getrandbits(63)
+        seq = self._new_seq(request_id, 0, token_ids, params, seed)
+        seq.num_forks = params.n - 1
+        request.seqs.append(seq)
+        self._requests[request_id] = request
+        self.scheduler.add(seq)
+        self._counters["prompt_tokens_total"] += len(token_ids)
+        return request_id
+
+    def step(self) -> list[RequestOutput]:
+        """Run one batch; return a delta for every request that progressed or finished."""
+        touched: dict[str, _Request] = {r.request_id: r for r in self._aborted}
+        self._aborted = []
+        batch = self.scheduler.schedule()
+        if batch:
+            for seq in self._run(batch):
+                touched[seq.request_id] = self._requests[seq.request_id]
+        return [self._delta(r) for r in touched.values()]
+
+    def abort(self, request_id: str) -> bool:
+        """Stop a request now and free its KV blocks; the next step() reports it."""
+        request = self._requests.get(request_id)
+        if request is None or request.finished:
+            return False
+        for seq in request.seqs:
+            if not seq.is_finished:
+                self.scheduler.finish(seq)
+                seq.finish_reason = "abort"
+        for index in range(len(request.seqs), request.params.n):  # forks never made
+            seq = self._new_seq(request_id, index, request.prompt_token_ids, request.params, 0)
+            seq.finish_reason = "abort"
+            self.scheduler.finish(seq)
+            request.seqs.append(seq)
+        self._aborted.append(request)
+        return True
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self._requests)
+
+    def stats(self) -> dict[str, int]:
+        """Counters: scheduling, KV-cache use and prefix-cache effectiveness."""
+        bm = self.block_manager
+        return {**self._counters,
+                "num_running": len(self.scheduler.running),
+                "num_waiting": len(self.scheduler.waiting),
+                "num_requests": len(self._requests),
+                "kv_blocks_used": bm.num_used_blocks,
+                "kv_blocks_total": bm.num_blocks,
+                "prefix_cache_hit_tokens": bm.num_hit_tokens,
+                "preemptions": self.scheduler.num_preemptions,
+                "policy_version": self.policy_version}
+
+    def reset_prefix_cache(self) -> None:
+        self.block_manager.reset_prefix_cache()
+
+    def update_weights(self, weights: WeightSource,
+                       version: int | None = None) -> int:
+        """Replace model weights in place (all checked before any is written); returns the
+        new policy version. Tokens sampled afterwards carry the new version, and prefix-cache
+        entries computed under older weights are never reused."""
+        if version is not None and (not isinstance(version, int) or
+                                    version <= self.policy_version):
+            raise ValueError(f"version must be an integer > the current policy version "
+                             f"{self.policy_version}, got {version!r}")
+        update_weights(self.model, weights)
+        # KV of running sequences mixes old and new weights from here on: never share it.
+        for seq in self.scheduler.running:
+            seq.cacheable = False
+        self.policy_version = self.policy_version + 1 if version is None else version
+        return self.policy_version
+
+    # ---- convenience loops ----------------------------------------------------------------
+
+    def generate(self, prompts: Prompt | list[Prompt],
+                 params: SamplingParams | list[SamplingParams] | None = None,
+                 ) -> list[RequestOutput]:
+        """Complete prompts (a string, token ids, or a list of either); outputs in order."""
+        prompt_list = _as_prompt_list(prompts)
+        params_list = _as_params_list(params, len(prompt_list))
+        ids: list[str] = []
+        try:
+            for prompt, p in zip(prompt_list, params_list, strict=True):
+                ids.append(self.add_request(prompt, p))
+        except Exception:
+            for request_id in ids:
+                self.abort(request_id)
+            self.step()  # flush the aborts so nothing is left queued
+            raise
+        return self._run_to_completion(ids)
+
+    def chat(self, conversations: list[dict] | list[list[dict]],
+             params: SamplingParams | list[SamplingParams] | None = None,
+             tools: list[dict] | None = None) -> list[RequestOutput]:
+        """Apply the chat template (with `tools` when given) and generate."""
+        if conversations and isinstance(conversations[0], dict):
+            conversations = [conversations]  # type: ignore[list-item]
+        prompts = [self.render_chat(conv, tools) for conv in conversations]
+        outs = self.generate(prompts, params)
+        for out, prompt in zip(outs, prompts, strict=True):
+            out.prompt = self.tokenizer.decode(prompt)
+        return outs
+
+    def render_chat(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+        """Token ids of `messages` rendered by the chat template, ready for the assistant."""
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise ValueError("a conversation must be a list of message dicts")
+        text = self.tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
+                                                  add_generation_prompt=True)
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def score(self, prompt_token_ids: list[int] | list[list[int]],
+              response_token_ids: list[int] | list[list[int]],
+              temperature: float = 1.0) -> list[float] | list[list[float]]:
+        """Teacher-forced logprobs of each response token after its prompt, under
+        log_softmax(logits / temperature): the numbers `generate` reports for them."""
+        single = bool(prompt_token_ids) and isinstance(prompt_token_ids[0], int)
+        prompts = [prompt_token_ids] if single else prompt_token_ids
+        responses = [response_token_ids] if single else response_token_ids
+        if len(prompts) != len(responses):
+            raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
+        for response in responses:
+            if not response or not all(isinstance(t, int) for t in response):
+                raise ValueError("each response must be a non-empty list of token ids")
+        params = SamplingParams(temperature=temperature, max_tokens=1)
+        ids = []
+        for prompt, response in zip(prompts, responses, strict=True):
+            ids.append(self.add_request(list(prompt) + list(response), params))
+            self._requests[ids[-1]].seqs[0].score_only = True
+        outs = self._run_to_completion(ids)
+        scores = [out.prompt_logprobs[len(p):] for out, p in zip(outs, prompts, strict=True)]
+        return scores[0] if single else scores
+
+    def logits(self, token_ids: list[int]) -> torch.Tensor:
+        """Teacher-forced fp32 logits [len(token_ids), vocab] of every position."""
+        request_id = self.add_request(token_ids, SamplingParams(max_tokens=1))
+        seq = self._requests[request_id].seqs[0]
+        seq.score_only = seq.keep_logits = True
+        self._run_to_completion([request_id])
+        return torch.cat(seq.logits)
+
+    # ---- internals -------------------------------------------------------------------------
+
+    def _run(self, batch: ScheduledBatch) -> list[Sequence]:
+        """Forward one batch and apply its results; returns the sequences that progressed."""
+        samples = [seq.num_computed_tokens + n == seq.num_tokens and not seq.score_only
+                   for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True)]
+        result = self.runner.run(batch, samples)
+        self._counters["steps"] += 1
+        progressed = []
+        for i, (seq, num_new) in enumerate(zip(batch.seqs, batch.num_new_tokens, strict=True)):
+            if seq.num_computed_tokens < seq.num_prompt_tokens:
+                self._counters["prompt_tokens_computed"] += min(
+                    num_new, seq.num_prompt_tokens - seq.num_computed_tokens)
+            seq.num_computed_tokens += num_new
+            if seq.cacheable:
+                self.block_manager.cache_full_blocks(seq, self._cache_key(seq))
+            if i in result.prompt_logits:
+                self._record_prompt_logprobs(seq, *result.prompt_logits[i])
+            if seq.score_only and seq.num_computed_tokens == seq.num_tokens:
+                seq.finish_reason = "stop"
+                self.scheduler.finish(seq)
+                progressed.append(seq)
+        rows, row_seqs = [], []
+        for row, i in enumerate(result.sample_seqs):
+            for seq in self._fork_group(batch.seqs[i]):
+                rows.append(row)
+                row_seqs.append(seq)
+        if row_seqs:
+            self._sample(result.sample_logits[rows], row_seqs)
+            progressed.extend(row_seqs)
+        return progressed
+
+    def _fork_group(self, seq: Sequence) -> list[Sequence]:
+        """A prefilled n > 1 parent becomes n samples sharing its prompt blocks."""
+        if seq.num_forks == 0:
+            return [seq]
+        request = self._requests[seq.request_id]
+        children = []
+        for index in range(1, seq.num_forks + 1):
+            child = seq.fork(self._take_seq_id(), index)
+            self.block_manager.fork(seq, child)
+            children.append(child)
+        seq.num_forks = 0
+        request.seqs.extend(children)
+        self.scheduler.add_forks(seq, children)
+        return [seq, *children]
+
+    def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
+        rows = [SamplingRow(temperature=s.params.temperature, top_k=s.params.top_k,
+                            top_p=s.params.top_p, min_p=s.params.min_p,
+                            noise_seed=noise_seed(s.seed, s.index, s.num_tokens),
+                            banned_token_ids=self.outputs.banned_token_ids(s),
+                            num_top_logprobs=s.params.logprobs or 0) for s in seqs]
+        out = sample(logits, rows)
+        for j, seq in enumerate(seqs):
+            seq.token_ids.append(out.token_ids[j])
+            seq.logprobs.append(out.logprobs[j])
+            seq.sampling_logprobs.append(out.sampling_logprobs[j])
+            if out.top_logprobs[j] is not None:
+                seq.top_logprobs.append(out.top_logprobs[j])
+            seq.weight_versions.append(self.policy_version)
+            self._counters["generated_tokens"] += 1
+            self.outputs.check_stop(seq)
+            if seq.finish_reason is not None:
+                self.scheduler.finish(seq)
+
+    def _record_prompt_logprobs(self, seq: Sequence, first: int, logits: torch.Tensor) -> None:
+        """Keep logprobs (and raw logits if asked) of prompt rows first, first + 1, ..."""
+        if not seq.prompt_logprobs:
+            seq.prompt_logprobs.append(None)  # the first token has no context
+            seq.prompt_top_logprobs.append(None)
+        # After a preemption the same rows are computed again: keep the first copy.
+        skip = max(0, seq.num_prompt_rows_done - first)
+        logits, first = logits[skip:], first + skip
+        seq.num_prompt_rows_done = max(seq.num_prompt_rows_done, first + len(logits))
+        if seq.keep_logits:
+            seq.logits.append(logits)
+        logits = logits[:max(0, seq.num_prompt_tokens - 1 - first)]
+        if not len(logits):
+            return
+        t = seq.params.logprob_temperature
+        logprobs = torch.log_softmax(logits / t, dim=-1)
+        targets = torch.tensor(seq.token_ids[first + 1:first + 1 + len(logits)],
+                               device=logits.device)
+        seq.prompt_logprobs.extend(logprobs.gather(1, targets[:, None]).squeeze(1).tolist())
+        k = seq.params.prompt_logprobs or 0
+        if k:
+            values, ids = torch.topk(logprobs, min(k, logprobs.shape[1]), dim=-1)
+            seq.prompt_top_logprobs.extend(
+                dict(zip(i, v, strict=True))
+                for i, v in zip(ids.tolist(), values.tolist(), strict=True))
+        else:
+            seq.prompt_top_logprobs.extend([None] * len(logits))
+
+    def _delta(self, request: _Request) -> RequestOutput:
+        first = not request.announced
+        request.announced = True
+        seq0 = request.seqs[0]
+        outputs = [self.outputs.delta(s) for s in request.seqs
+                   if s.num_emitted_tokens < s.num_output_tokens or s.is_finished]
+        finished = request.finished
+        if finished:
+            del self._requests[request.request_id]
+            self._counters["requests_finished"] += 1
+        return RequestOutput(
+            request_id=request.request_id,
+            prompt=request.prompt if first else None,
+            prompt_token_ids=request.prompt_token_ids if first else [],
+            outputs=outputs,
+            finished=finished,
+            prompt_logprobs=seq0.prompt_logprobs if finished and seq0.prompt_logprobs else None,
+            prompt_top_logprobs=(seq0.prompt_top_logprobs
+                                 if finished and seq0.params.prompt_logprobs else None),
+            num_cached_tokens=seq0.num_cached_tokens,
+        )
+
+    def _run_to_completion(self, ids: list[str]) -> list[RequestOutput]:
+        results = {i: RequestOutput(i, None, [], []) for i in ids}
+        while any(not results[i].finished for i in ids):
+            for delta in self.step():
+                if delta.request_id in results:
+                    _merge(results[delta.request_id], delta)
+        for out in results.values():
+            out.outputs.sort(key=lambda c: c.index)
+        return [results[i] for i in ids]
+
+    def _tokenize_prompt(self, prompt: Prompt) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, str):
+            token_ids = self.tokenizer.encode(prompt)
+            text: str | None = prompt
+        elif isinstance(prompt, (list, tuple)) and all(
+                isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            token_ids, text = list(prompt), None
+            vocab = self.model.config.vocab_size
+            bad = [t for t in token_ids if not 0 <= t < vocab]
+            if bad:
+                raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary "
+                                 f"[0, {vocab})")
+        else:
+            raise ValueError("a prompt must be a string or a list of token ids, got "
+                             f"{type(prompt).__name__}")
+        if not token_ids:
+            raise ValueError("the prompt is empty")
+        return text, token_ids
+
+    def _check_fits(self, token_ids: list[int], params: SamplingParams) -> None:
+        if len(token_ids) >= self.max_model_len:
+            raise ValueError(f"prompt is {len(token_ids)} tokens long but the model's context "
+                             f"is {self.max_model_len} tokens (at least one must be left for "
+                             "the output)")
+        longest = min(len(token_ids) + params.max_tokens, self.max_model_len)
+        needed = self.block_manager.blocks_needed(longest)
+        if needed > self.block_manager.num_blocks:
+            raise ValueError(f"a sequence of {longest} tokens needs {needed} KV blocks but the "
+                             f"cache has {self.block_manager.num_blocks}; raise num_blocks or "
+                             "kv_cache_memory, or lower max_tokens")
+
+    def _new_seq(self, request_id: str, index: int, token_ids: list[int],
+                 params: SamplingParams, seed: int) -> Sequence:
+        return Sequence(self._take_seq_id(), request_id, index, token_ids, params, seed,
+                        arrival=self._next_seq_id)
+
+    def _take_seq_id(self) -> int:
+        self._next_seq_id += 1
+        return self._next_seq_id
+
+    def _cache_key(self, seq: Sequence) -> Hashable:
+        return (self.policy_version, None)  # (weight version, adapter)
+
+    def _num_kv_blocks(self) -> int:
+        c = self.config
+        if c.num_blocks is not None:
+            return c.num_blocks
+        per_block = ModelRunner.kv_bytes_per_block(self.model, c.block_size, c.torch_dtype)
+        budget = c.kv_cache_memory or DEFAULT_KV_CACHE_MEMORY
+        useful = c.max_num_seqs * -(-self.max_model_len // c.block_size)
+        return max(1, min(budget // per_block, useful))
+
+
+
+def _eos_token_ids(path: str, tokenizer, hf_config) -> set[int]:
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    try:
+        gen_eos = GenerationConfig.from_pretrained(path).eos_token_id
+    except OSError:
+        gen_eos = getattr(hf_config, "eos_token_id", None)
+    if gen_eos is not None:
+        ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+    return ids
+
+
+def _as_prompt_list(prompts: Prompt | list[Prompt]) -> list[Prompt]:
+    if isinstance(prompts, str):
+        return [prompts]
+    if isinstance(prompts, (list, tuple)) and prompts and all(
+            isinstance(t, int) for t in prompts):
+        return [list(prompts)]  # one prompt of token ids
+    if not isinstance(prompts, (list, tuple)) or not prompts:
+        raise ValueError("prompts must be a string, a list of token ids, or a non-empty list "
+                         "of those")
+    return list(prompts)
+
+
+def _as_params_list(params: SamplingParams | SequenceABC[SamplingParams] | None,
+                    count: int) -> list[SamplingParams]:
+    if params is None or isinstance(params, SamplingParams):
+        return [params or SamplingParams()] * count
+    params = list(params)
+    if len(params) != count:
+        raise ValueError(f"got {len(params)} SamplingParams for {count} prompts")
+    return params
+
+
+def _merge(total: RequestOutput, delta: RequestOutput) -> None:
+    if delta.prompt_token_ids:
+        total.prompt, total.prompt_token_ids = delta.prompt, delta.prompt_token_ids
+    total.finished = delta.finished
+    total.num_cached_tokens = delta.num_cached_tokens
+    if delta.prompt_logprobs is not None:
+        total.prompt_logprobs = delta.prompt_logprobs
+        total.prompt_top_logprobs = delta.prompt_top_logprobs
+    by_index = {c.index: c for c in total.outputs}
+    for d in delta.outputs:
+        c = by_index.get(d.index)
+        if c is None:
+            c = CompletionOutput(index=d.index, top_logprobs=[] if d.top_logprobs is not None
+                                 else None)
+            total.outputs.append(c)
+            by_index[d.index] = c
+        c.text += d.text
+        c.token_ids += d.token_ids
+        c.logprobs += d.logprobs
+        c.sampling_logprobs += d.sampling_logprobs
+        c.weight_versions += d.weight_versions
+        if d.top_logprobs is not None and c.top_logprobs is not None:
+            c.top_logprobs += d.top_logprobs
+        c.finish_reason, c.stop_reason = d.finish_reason, d.stop_reason

@@ -1,0 +1,99 @@
+"""Runs the model on one scheduled batch, packed flat with no padding.
+
+The new tokens of every scheduled sequence are concatenated into one [T] batch with their
+positions and KV-cache slots. Logits are computed, in fp32, only for the rows that need
+them: the last row of a sequence that will sample, and the prompt rows of a sequence
+that asked for prompt logprobs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rlserve.engine.scheduler import ScheduledBatch
+from rlserve.models.attention import AttentionMetadata, PrefillSpan
+from rlserve.models.llama import LlamaModel
+
+
+@dataclass
+class RunnerOutput:
+    sample_logits: torch.Tensor  # [num sampling seqs, vocab] fp32
+    sample_seqs: list[int]  # index into batch.seqs for each row of sample_logits
+    prompt_logits: dict[int, tuple[int, torch.Tensor]]  # batch index -> (first pos, logits)
+
+
+class ModelRunner:
+    def __init__(self, model: LlamaModel, num_blocks: int, block_size: int,
+                 device: torch.device, dtype: torch.dtype) -> None:
+        self.model = model
+        self.block_size = block_size
+        self.device = device
+        c = model.config
+        shape = (num_blocks, block_size, c.num_kv_heads, c.head_dim)
+        # zeros, not empty: padded pages are masked out of attention, but a NaN left in
+        # uninitialised memory would still poison the weighted sum (0 * NaN = NaN).
+        for layer in model.layers:
+            layer.self_attn.k_cache = torch.zeros(shape, dtype=dtype, device=device)
+            layer.self_attn.v_cache = torch.zeros(shape, dtype=dtype, device=device)
+
+    @staticmethod
+    def kv_bytes_per_block(model: LlamaModel, block_size: int, dtype: torch.dtype) -> int:
+        c = model.config
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        return 2 * c.num_layers * block_size * c.num_kv_heads * c.head_dim * itemsize
+
+    @torch.inference_mode()
+    def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
+        if not copies:
+            return
+        src = torch.tensor([s for s, _ in copies], device=self.device)
+        dst = torch.tensor([d for _, d in copies], device=self.device)
+        for layer in self.model.layers:
+            attn = layer.self_attn
+            attn.k_cache[dst] = attn.k_cache[src]
+            attn.v_cache[dst] = attn.v_cache[src]
+
+    @torch.inference_mode()
+    def run(self, batch: ScheduledBatch, samples: list[bool]) -> RunnerOutput:
+        """Forward the batch; `samples[i]` says whether batch.seqs[i] samples a token."""
+        self.copy_blocks(batch.block_copies)
+        input_ids, positions, slots = [], [], []
+        prefills, decode_rows, decode_tables, decode_lens = [], [], [], []
+        sample_rows, sample_seqs, prompt_rows = [], [], {}
+        bs = self.block_size
+        for i, (seq, num_new) in enumerate(zip(batch.seqs, batch.num_new_tokens, strict=True)):
+            start, first = len(input_ids), seq.num_computed_tokens
+            end = first + num_new
+            input_ids.extend(seq.token_ids[first:end])
+            positions.extend(range(first, end))
+            table = seq.block_table
+            slots.extend(table[p // bs] * bs + p % bs for p in range(first, end))
+            if num_new == 1:
+                decode_rows.append(start)
+                decode_tables.append(table)
+                decode_lens.append(end)
+            else:
+                prefills.append(PrefillSpan(start, num_new, end, self._tensor(table)))
+            if samples[i]:
+                sample_rows.append(start + num_new - 1)
+                sample_seqs.append(i)
+            if seq.wants_prompt_logprobs and first < seq.num_prompt_logit_rows:
+                last = min(end, seq.num_prompt_logit_rows)
+                prompt_rows[i] = (first, list(range(start, start + last - first)))
+        meta = AttentionMetadata(slot_mapping=self._tensor(slots), prefills=prefills)
+        if decode_rows:
+            width = max(len(t) for t in decode_tables)
+            meta.decode_rows = self._tensor(decode_rows)
+            meta.decode_block_tables = self._tensor([t + [0] * (width - len(t))
+                                                     for t in decode_tables])
+            meta.decode_context_lens = self._tensor(decode_lens)
+        hidden = self.model(self._tensor(input_ids), self._tensor(positions), meta)
+        logits = self.model.compute_logits(hidden[self._tensor(sample_rows)])
+        prompt_logits = {i: (first, self.model.compute_logits(hidden[self._tensor(rows)]))
+                         for i, (first, rows) in prompt_rows.items()}
+        return RunnerOutput(logits, sample_seqs, prompt_logits)
+
+    def _tensor(self, values: list) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.long, device=self.device)

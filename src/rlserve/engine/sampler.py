@@ -1,0 +1,126 @@
+"""Turn fp32 logits into tokens and the logprobs RL needs.
+
+For each row:
+- `logprobs`: log_softmax(logits / T) of the chosen token (T = 1 when greedy): the number a
+  trainer computes at the same temperature (the logprob contract).
+- `sampling_logprobs`: the chosen token's logprob under the distribution actually sampled
+  from: after min_tokens masking and top-k / top-p / min-p truncation, renormalised.
+Sampling is an exponential race, argmax(p / E) with E ~ Exp(1), where the noise of each row
+is drawn from a generator seeded by (request seed, sample index, position), so a seeded
+request gets the same tokens whatever else shares its batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class SamplingRow:
+    """What the sampler needs to know about one row of logits."""
+
+    temperature: float  # 0 = greedy
+    top_k: int
+    top_p: float
+    min_p: float
+    noise_seed: int
+    banned_token_ids: list[int]  # stop/EOS ids while min_tokens is not reached
+    num_top_logprobs: int  # k alternatives to report (0 = none)
+
+
+@dataclass
+class SamplerOutput:
+    token_ids: list[int]
+    logprobs: list[float]
+    sampling_logprobs: list[float]
+    top_logprobs: list[dict[int, float] | None]
+
+
+def noise_seed(seed: int, index: int, position: int) -> int:
+    # Python's hash of a tuple of ints is deterministic across processes.
+    return hash((seed, index, position)) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
+    """logits: [N, vocab] fp32, one row per entry of `rows`."""
+    temps = torch.tensor([r.temperature if r.temperature > 0 else 1.0 for r in rows],
+                         dtype=torch.float32, device=logits.device)
+    scaled = logits / temps[:, None]
+    logprobs = torch.log_softmax(scaled, dim=-1)
+    processed = _truncate(_ban(scaled, rows), rows)
+    sampling_logprobs = torch.log_softmax(processed, dim=-1)
+    greedy = torch.tensor([r.temperature == 0 for r in rows], device=logits.device)
+    noisy = sampling_logprobs - _log_exponential_noise(rows, logits)
+    chosen = torch.where(greedy, processed.argmax(dim=-1), noisy.argmax(dim=-1))
+    picked = chosen[:, None]
+    top = _top_logprobs(logprobs, rows)
+    return SamplerOutput(
+        token_ids=chosen.tolist(),
+        logprobs=logprobs.gather(1, picked).squeeze(1).tolist(),
+        sampling_logprobs=sampling_logprobs.gather(1, picked).squeeze(1).tolist(),
+        top_logprobs=top,
+    )
+
+
+def _ban(scaled: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+    if not any(r.banned_token_ids for r in rows):
+        return scaled
+    out = scaled.clone()
+    for i, r in enumerate(rows):
+        if r.banned_token_ids:
+            out[i, r.banned_token_ids] = float("-inf")
+    return out
+
+
+def _truncate(scaled: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+    """Apply top-k, then top-p, then min-p, on sampled (non-greedy) rows only."""
+    sampled = [r.temperature > 0 for r in rows]
+    need_k = [i for i, r in enumerate(rows) if sampled[i] and r.top_k > 0]
+    need_p = [i for i, r in enumerate(rows) if sampled[i] and r.top_p < 1.0]
+    need_min_p = [i for i, r in enumerate(rows) if sampled[i] and r.min_p > 0.0]
+    if not (need_k or need_p or need_min_p):
+        return scaled
+    out = scaled.clone()
+    for i in need_k:
+        k = min(rows[i].top_k, out.shape[1])
+        kth = torch.topk(out[i], k).values[-1]
+        out[i] = out[i].masked_fill(out[i] < kth, float("-inf"))
+    if need_p:
+        idx = torch.tensor(need_p, device=out.device)
+        top_p = torch.tensor([rows[i].top_p for i in need_p], device=out.device)
+        out[idx] = _top_p(out[idx], top_p)
+    for i in need_min_p:
+        probs = torch.softmax(out[i], dim=-1)
+        out[i] = out[i].masked_fill(probs < rows[i].min_p * probs.max(), float("-inf"))
+    return out
+
+
+def _top_p(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose mass reaches top_p."""
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs
+    drop = mass_before >= top_p[:, None]  # the first token is always kept
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.empty_like(logits).scatter_(1, order, sorted_logits)
+
+
+def _log_exponential_noise(rows: list[SamplingRow], logits: torch.Tensor) -> torch.Tensor:
+    noise = torch.zeros_like(logits)
+    for i, r in enumerate(rows):
+        if r.temperature > 0:
+            gen = torch.Generator(device=logits.device).manual_seed(r.noise_seed)
+            noise[i].exponential_(generator=gen)
+    return noise.log()  # greedy rows get log(0) = -inf noise; they use argmax instead
+
+
+def _top_logprobs(logprobs: torch.Tensor, rows: list[SamplingRow]) -> list[dict | None]:
+    k = max(r.num_top_logprobs for r in rows)
+    if k == 0:
+        return [None] * len(rows)
+    values, ids = torch.topk(logprobs, min(k, logprobs.shape[1]), dim=-1)
+    values, ids = values.tolist(), ids.tolist()
+    return [dict(zip(ids[i][:r.num_top_logprobs], values[i][:r.num_top_logprobs], strict=True))
+            if r.num_top_logprobs else None for i, r in enumerate(rows)]

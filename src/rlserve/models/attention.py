@@ -1,0 +1,114 @@
+"""Attention over a paged KV cache: the one device-specific seam of the engine.
+
+Every layer owns a K and a V cache of shape [num_blocks, block_size, num_kv_heads, head_dim].
+A batch is flat: the new tokens of all scheduled sequences are concatenated. Each token's
+K/V is written to its slot (block * block_size + offset), then each sequence attends over
+its pages. This implementation gathers the pages and calls torch SDPA, which works on CPU
+and CUDA alike; a paged kernel can replace `paged_attention` without touching the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+# `enable_gqa` (torch >= 2.5) lets SDPA broadcast K/V heads without copying them.
+_SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
+
+
+@dataclass
+class PrefillSpan:
+    """One sequence with several new tokens: q rows [start, start + q_len), context ctx_len."""
+
+    start: int
+    q_len: int
+    ctx_len: int
+    block_table: torch.Tensor  # [num_blocks_of_seq] int64
+
+
+@dataclass
+class AttentionMetadata:
+    """Where each new token goes in the cache and what each sequence attends to."""
+
+    slot_mapping: torch.Tensor  # [T] int64, the cache slot of every new token
+    prefills: list[PrefillSpan]
+    decode_rows: torch.Tensor | None = None  # [B] rows of q that are single-token decodes
+    decode_block_tables: torch.Tensor | None = None  # [B, max_blocks] int64, padded with 0
+    decode_context_lens: torch.Tensor | None = None  # [B] int64
+
+
+def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+             slot_mapping: torch.Tensor) -> None:
+    """Store the new tokens' K/V ([T, kv_heads, head_dim]) in their cache slots."""
+    kv_heads, head_dim = k.shape[1], k.shape[2]
+    k_cache.view(-1, kv_heads, head_dim).index_copy_(0, slot_mapping, k)
+    v_cache.view(-1, kv_heads, head_dim).index_copy_(0, slot_mapping, v)
+
+
+def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    """q: [T, heads, head_dim]; k, v: [T, kv_heads, head_dim] -> [T, heads, head_dim]."""
+    write_kv(k_cache, v_cache, k, v, meta.slot_mapping)
+    out = torch.empty_like(q)
+    for span in meta.prefills:
+        rows = slice(span.start, span.start + span.q_len)
+        if span.ctx_len == span.q_len:  # nothing cached before: attend to the fresh K/V
+            keys, values = k[rows], v[rows]
+        else:
+            keys = _gather(k_cache, span.block_table, span.ctx_len)
+            values = _gather(v_cache, span.block_table, span.ctx_len)
+        out[rows] = _prefill_attention(q[rows], keys, values, scale)
+    if meta.decode_rows is not None:
+        out[meta.decode_rows] = _decode_attention(q[meta.decode_rows], k_cache, v_cache, meta,
+                                                  scale)
+    return out
+
+
+def _gather(cache: torch.Tensor, block_table: torch.Tensor, ctx_len: int) -> torch.Tensor:
+    pages = cache.index_select(0, block_table)  # [nb, block_size, kv_heads, head_dim]
+    return pages.flatten(0, 1)[:ctx_len]
+
+
+def _prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       scale: float) -> torch.Tensor:
+    """Causal attention of q_len new tokens that sit at the end of ctx_len context tokens."""
+    q_len, ctx_len = q.shape[0], k.shape[0]
+    q, k, v = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)  # heads first
+    if q_len == ctx_len:
+        out = _sdpa(q, k, v, mask=None, causal=True, scale=scale)
+    else:
+        offset = ctx_len - q_len
+        key_pos = torch.arange(ctx_len, device=q.device)
+        query_pos = torch.arange(offset, ctx_len, device=q.device)
+        mask = key_pos[None, :] <= query_pos[:, None]
+        out = _sdpa(q, k, v, mask=mask, causal=False, scale=scale)
+    return out.transpose(0, 1)
+
+
+def _decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                      meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    """One query per sequence over its gathered pages, padded to the longest context."""
+    tables, lens = meta.decode_block_tables, meta.decode_context_lens
+    assert tables is not None and lens is not None
+    batch, max_blocks = tables.shape
+    block_size = k_cache.shape[1]
+    keys = k_cache[tables].view(batch, max_blocks * block_size, *k_cache.shape[2:])
+    values = v_cache[tables].view(batch, max_blocks * block_size, *v_cache.shape[2:])
+    mask = torch.arange(max_blocks * block_size, device=q.device)[None, :] < lens[:, None]
+    out = _sdpa(q.unsqueeze(2), keys.transpose(1, 2), values.transpose(1, 2),
+                mask=mask[:, None, None, :], causal=False, scale=scale)
+    return out.squeeze(2)
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+          causal: bool, scale: float) -> torch.Tensor:
+    """SDPA with grouped-query heads: q [..., H, L, D], k/v [..., KVH, S, D]."""
+    groups = q.shape[-3] // k.shape[-3]
+    if groups > 1 and not _SDPA_HAS_GQA:
+        k, v = k.repeat_interleave(groups, dim=-3), v.repeat_interleave(groups, dim=-3)
+    kwargs = {"enable_gqa": True} if groups > 1 and _SDPA_HAS_GQA else {}
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                          scale=scale, **kwargs)

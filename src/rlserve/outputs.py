@@ -1,0 +1,45 @@
+"""What the engine returns: one RequestOutput per prompt, one CompletionOutput per sample."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class CompletionOutput:
+    """One sampled completion.
+
+    `logprobs[t]` is the logprob of `token_ids[t]` under log_softmax(logits / T) in fp32
+    (T = 1 when greedy): the number a trainer computes for the same tokens.
+    `sampling_logprobs[t]` is its logprob under the distribution actually sampled from
+    (after top-k / top-p / min-p truncation and renormalisation, and min_tokens masking).
+    `weight_versions[t]` is the policy version of the weights that produced `token_ids[t]`.
+    """
+
+    index: int
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    sampling_logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[dict[int, float]] | None = None
+    weight_versions: list[int] = field(default_factory=list)
+    finish_reason: str | None = None  # "stop" | "length" | "abort"
+    stop_reason: str | int | None = None  # the stop string or stop token id that matched
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass
+class RequestOutput:
+    """All samples of one prompt. From `Engine.step()` it is a delta: only new tokens/text."""
+
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    outputs: list[CompletionOutput]
+    finished: bool = False
+    prompt_logprobs: list[float | None] | None = None
+    prompt_top_logprobs: list[dict[int, float] | None] | None = None
+    num_cached_tokens: int = 0
