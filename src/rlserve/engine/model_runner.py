@@ -13,8 +13,10 @@ from dataclasses import dataclass
 import torch
 
 from rlserve.engine.scheduler import ScheduledBatch
-from rlserve.models.attention import AttentionMetadata, PrefillSpan
+from rlserve.models.attention import AttentionMetadata, DecodeGroup, PrefillSpan
 from rlserve.models.llama import LlamaModel
+
+DECODE_GROUP_SIZE = 8
 
 
 @dataclass
@@ -60,7 +62,7 @@ class ModelRunner:
         """Forward the batch; `samples[i]` says whether batch.seqs[i] samples a token."""
         self.copy_blocks(batch.block_copies)
         input_ids, positions, slots = [], [], []
-        prefills, decode_rows, decode_tables, decode_lens = [], [], [], []
+        prefills, decodes = [], []  # decodes: (row, block table, context length)
         sample_rows, sample_seqs, prompt_rows = [], [], {}
         bs = self.block_size
         for i, (seq, num_new) in enumerate(zip(batch.seqs, batch.num_new_tokens, strict=True)):
@@ -71,9 +73,7 @@ class ModelRunner:
             table = seq.block_table
             slots.extend(table[p // bs] * bs + p % bs for p in range(first, end))
             if num_new == 1:
-                decode_rows.append(start)
-                decode_tables.append(table)
-                decode_lens.append(end)
+                decodes.append((start, table, end))
             else:
                 prefills.append(PrefillSpan(start, num_new, end, self._tensor(table)))
             if samples[i]:
@@ -82,18 +82,29 @@ class ModelRunner:
             if seq.wants_prompt_logprobs and first < seq.num_prompt_logit_rows:
                 last = min(end, seq.num_prompt_logit_rows)
                 prompt_rows[i] = (first, list(range(start, start + last - first)))
-        meta = AttentionMetadata(slot_mapping=self._tensor(slots), prefills=prefills)
-        if decode_rows:
-            width = max(len(t) for t in decode_tables)
-            meta.decode_rows = self._tensor(decode_rows)
-            meta.decode_block_tables = self._tensor([t + [0] * (width - len(t))
-                                                     for t in decode_tables])
-            meta.decode_context_lens = self._tensor(decode_lens)
+        meta = AttentionMetadata(slot_mapping=self._tensor(slots), prefills=prefills,
+                                 decodes=self._decode_groups(decodes))
         hidden = self.model(self._tensor(input_ids), self._tensor(positions), meta)
         logits = self.model.compute_logits(hidden[self._tensor(sample_rows)])
         prompt_logits = {i: (first, self.model.compute_logits(hidden[self._tensor(rows)]))
                          for i, (first, rows) in prompt_rows.items()}
         return RunnerOutput(logits, sample_seqs, prompt_logits)
+
+    def _decode_groups(self, decodes: list[tuple[int, list[int], int]]) -> list[DecodeGroup]:
+        """Sort decodes by context length and attend in small groups: padding each group to
+        its longest context then wastes little gather bandwidth."""
+        decodes = sorted(decodes, key=lambda d: d[2])
+        groups = []
+        for at in range(0, len(decodes), DECODE_GROUP_SIZE):
+            chunk = decodes[at:at + DECODE_GROUP_SIZE]
+            width = max(len(table) for _, table, _ in chunk)
+            lens = self._tensor([n for _, _, n in chunk])
+            mask = torch.arange(width * self.block_size, device=self.device) < lens[:, None]
+            groups.append(DecodeGroup(
+                rows=self._tensor([row for row, _, _ in chunk]),
+                block_tables=self._tensor([t + [0] * (width - len(t)) for _, t, _ in chunk]),
+                mask=mask[:, None, None, :]))
+        return groups
 
     def _tensor(self, values: list) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=self.device)

@@ -29,14 +29,21 @@ class PrefillSpan:
 
 
 @dataclass
+class DecodeGroup:
+    """Single-token sequences of similar context length, attended together (padded)."""
+
+    rows: torch.Tensor  # [B] rows of q
+    block_tables: torch.Tensor  # [B, max_blocks] int64, padded with block 0
+    mask: torch.Tensor  # [B, 1, 1, max_blocks * block_size] bool, True = attend
+
+
+@dataclass
 class AttentionMetadata:
     """Where each new token goes in the cache and what each sequence attends to."""
 
     slot_mapping: torch.Tensor  # [T] int64, the cache slot of every new token
     prefills: list[PrefillSpan]
-    decode_rows: torch.Tensor | None = None  # [B] rows of q that are single-token decodes
-    decode_block_tables: torch.Tensor | None = None  # [B, max_blocks] int64, padded with 0
-    decode_context_lens: torch.Tensor | None = None  # [B] int64
+    decodes: list[DecodeGroup]
 
 
 def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -61,9 +68,8 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             keys = _gather(k_cache, span.block_table, span.ctx_len)
             values = _gather(v_cache, span.block_table, span.ctx_len)
         out[rows] = _prefill_attention(q[rows], keys, values, scale)
-    if meta.decode_rows is not None:
-        out[meta.decode_rows] = _decode_attention(q[meta.decode_rows], k_cache, v_cache, meta,
-                                                  scale)
+    for group in meta.decodes:
+        out[group.rows] = _decode_attention(q[group.rows], k_cache, v_cache, group, scale)
     return out
 
 
@@ -89,17 +95,14 @@ def _prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 def _decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                      meta: AttentionMetadata, scale: float) -> torch.Tensor:
-    """One query per sequence over its gathered pages, padded to the longest context."""
-    tables, lens = meta.decode_block_tables, meta.decode_context_lens
-    assert tables is not None and lens is not None
-    batch, max_blocks = tables.shape
-    block_size = k_cache.shape[1]
-    keys = k_cache[tables].view(batch, max_blocks * block_size, *k_cache.shape[2:])
-    values = v_cache[tables].view(batch, max_blocks * block_size, *v_cache.shape[2:])
-    mask = torch.arange(max_blocks * block_size, device=q.device)[None, :] < lens[:, None]
+                      group: DecodeGroup, scale: float) -> torch.Tensor:
+    """One query per sequence over its gathered pages, padded to the group's longest."""
+    batch, max_blocks = group.block_tables.shape
+    span = max_blocks * k_cache.shape[1]
+    keys = k_cache[group.block_tables].view(batch, span, *k_cache.shape[2:])
+    values = v_cache[group.block_tables].view(batch, span, *v_cache.shape[2:])
     out = _sdpa(q.unsqueeze(2), keys.transpose(1, 2), values.transpose(1, 2),
-                mask=mask[:, None, None, :], causal=False, scale=scale)
+                mask=group.mask, causal=False, scale=scale)
     return out.squeeze(2)
 
 
