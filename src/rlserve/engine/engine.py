@@ -26,10 +26,12 @@ from rlserve.engine.sampler import SamplingRow, noise_seed, sample
 from rlserve.engine.scheduler import ScheduledBatch, Scheduler
 from rlserve.engine.sequence import Sequence
 from rlserve.models.loader import WeightSource, load_model, read_config, update_weights
+from rlserve.models.lora import LoRAAdapter, load_adapter
 from rlserve.outputs import CompletionOutput, RequestOutput
 from rlserve.sampling_params import SamplingParams
 
 Prompt = str | list[int]
+PAUSE_MODES = ("keep", "wait", "abort")
 
 
 @dataclass
@@ -38,6 +40,9 @@ class _Request:
     prompt: str | None
     prompt_token_ids: list[int]
     params: SamplingParams
+    lora_name: str | None = None
+    start_version: int = 0  # policy version when the request arrived
+    max_staleness: int | None = None
     seqs: list[Sequence] = field(default_factory=list)
     announced: bool = False  # the first delta (with prompt info) was sent
 
@@ -73,6 +78,9 @@ class Engine:
                                    self.config.max_num_batched_tokens, self._cache_key)
         self.outputs = OutputProcessor(self.tokenizer, self.eos_token_ids, self.max_model_len)
         self.policy_version = 0
+        self._base_version = 0  # policy version of the current base weights
+        self.adapters: dict[str, LoRAAdapter] = {}
+        self.paused: str | None = None  # None, or the pause mode in force
         self._requests: dict[str, _Request] = {}
         self._aborted: list[_Request] = []
         self._rng = random.Random(self.config.seed)
@@ -84,19 +92,31 @@ class Engine:
     # ---- streaming core -------------------------------------------------------------------
 
     def add_request(self, prompt: Prompt, params: SamplingParams | None = None,
-                    request_id: str | None = None) -> str:
-        """Queue a prompt (text or token ids); returns its request id."""
+                    request_id: str | None = None, *, lora_name: str | None = None,
+                    min_policy_version: int | None = None,
+                    max_staleness: int | None = None) -> str:
+        """Queue a prompt (text or token ids); returns its request id.
+
+        `lora_name` picks a loaded adapter. `min_policy_version` refuses the request if the
+        weights are older; `max_staleness` aborts it if the policy version moves on by more
+        than that many versions while it runs.
+        """
         params = SamplingParams() if params is None else params
         if not isinstance(params, SamplingParams):
             raise ValueError(f"params must be a SamplingParams, got {type(params).__name__}")
         request_id = uuid.uuid4().hex if request_id is None else str(request_id)
         if request_id in self._requests:
             raise ValueError(f"request id {request_id!r} is already in use")
+        if lora_name is not None and lora_name not in self.adapters:
+            raise ValueError(f"unknown LoRA adapter {lora_name!r}; loaded: "
+                             f"{sorted(self.adapters) or 'none'}")
+        self._check_staleness_args(min_policy_version, max_staleness)
         text, token_ids = self._tokenize_prompt(prompt)
         self._check_fits(token_ids, params)
-        request = _Request(request_id, text, token_ids, params)
+        request = _Request(request_id, text, token_ids, params, lora_name,
+                           self.policy_version, max_staleness)
         seed = params.seed if params.seed is not None else self._rng.getrandbits(63)
-        seq = self._new_seq(request_id, 0, token_ids, params, seed)
+        seq = self._new_seq(request_id, 0, token_ids, params, seed, lora_name)
         seq.num_forks = params.n - 1
         request.seqs.append(seq)
         self._requests[request_id] = request
@@ -108,26 +128,27 @@ class Engine:
         """Run one batch; return a delta for every request that progressed or finished."""
         touched: dict[str, _Request] = {r.request_id: r for r in self._aborted}
         self._aborted = []
-        batch = self.scheduler.schedule()
+        batch = None
+        if self.paused in (None, "wait"):  # "wait" drains: running requests go on
+            batch = self.scheduler.schedule(admit=self.paused is None)
         if batch:
             for seq in self._run(batch):
                 touched[seq.request_id] = self._requests[seq.request_id]
         return [self._delta(r) for r in touched.values()]
 
-    def abort(self, request_id: str) -> bool:
-        """Stop a request now and free its KV blocks; the next step() reports it."""
+    def abort(self, request_id: str, reason: str | None = None) -> bool:
+        """Stop a request now and free its KV blocks; the next step() reports it
+        (finish_reason "abort", stop_reason `reason`)."""
         request = self._requests.get(request_id)
         if request is None or request.finished:
             return False
+        for index in range(len(request.seqs), request.params.n):  # forks never made
+            request.seqs.append(self._new_seq(request_id, index, request.prompt_token_ids,
+                                              request.params, 0, request.lora_name))
         for seq in request.seqs:
             if not seq.is_finished:
                 self.scheduler.finish(seq)
-                seq.finish_reason = "abort"
-        for index in range(len(request.seqs), request.params.n):  # forks never made
-            seq = self._new_seq(request_id, index, request.prompt_token_ids, request.params, 0)
-            seq.finish_reason = "abort"
-            self.scheduler.finish(seq)
-            request.seqs.append(seq)
+                seq.finish_reason, seq.stop_reason = "abort", reason
         self._aborted.append(request)
         return True
 
@@ -145,39 +166,120 @@ class Engine:
                 "kv_blocks_total": bm.num_blocks,
                 "prefix_cache_hit_tokens": bm.num_hit_tokens,
                 "preemptions": self.scheduler.num_preemptions,
-                "policy_version": self.policy_version}
+                "policy_version": self.policy_version,
+                "num_adapters": len(self.adapters)}
 
     def reset_prefix_cache(self) -> None:
         self.block_manager.reset_prefix_cache()
 
-    def update_weights(self, weights: WeightSource,
-                       version: int | None = None) -> int:
-        """Replace model weights in place (all checked before any is written); returns the
-        new policy version. Tokens sampled afterwards carry the new version, and prefix-cache
-        entries computed under older weights are never reused."""
-        if version is not None and (not isinstance(version, int) or
-                                    version <= self.policy_version):
+    # ---- RL control plane ------------------------------------------------------------------
+
+    def update_weights(self, weights: WeightSource, version: int | None = None,
+                       recompute_kv: bool = False) -> int:
+        """Replace base weights in place; returns the new policy version.
+
+        `weights`: a state dict, an iterable of (Hugging Face name, tensor) pairs, or a
+        safetensors file or folder. Every name, shape and dtype is checked before anything
+        is written: on error nothing changes. Running requests continue on the new weights
+        ("keep"); with `recompute_kv` their KV is recomputed under them first. Use
+        `pause("wait")` or `pause("abort")` beforehand for the other update modes.
+        """
+        new_version = self._next_version(version)
+        update_weights(self.model, weights)
+        self._base_version = new_version
+        self._set_version(new_version, recompute_kv)
+        return new_version
+
+    def load_lora(self, name: str, path: str | Path, recompute_kv: bool = False) -> int:
+        """Load (or reload) a PEFT adapter under `name`; returns its version. A reload bumps
+        the policy version and its cached prefixes are no longer reused."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"adapter name must be a non-empty string, got {name!r}")
+        adapter = load_adapter(name, path, self.model)
+        reload = name in self.adapters
+        adapter.version = self._next_version(None) if reload else self.policy_version
+        self.adapters[name] = adapter
+        if reload:
+            self._set_version(adapter.version, recompute_kv)
+        return adapter.version
+
+    def unload_lora(self, name: str) -> None:
+        if name not in self.adapters:
+            raise ValueError(f"unknown LoRA adapter {name!r}")
+        users = [r.request_id for r in self._requests.values() if r.lora_name == name]
+        if users:
+            raise ValueError(f"adapter {name!r} is in use by {len(users)} request(s); abort "
+                             "them or let them finish first")
+        del self.adapters[name]
+
+    def pause(self, mode: str = "keep") -> None:
+        """Stop generating, for a weight update. "keep": freeze running requests with their
+        KV; "wait": admit nothing new but let running requests finish (keep calling step()
+        until `num_running` is 0); "abort": abort every request, partial outputs returned."""
+        if mode not in PAUSE_MODES:
+            raise ValueError(f"pause mode must be one of {PAUSE_MODES}, got {mode!r}")
+        self.paused = mode
+        if mode == "abort":
+            for request_id in list(self._requests):
+                self.abort(request_id, reason="aborted for a weight update")
+
+    def resume(self, recompute_kv: bool = False) -> None:
+        """Generate again; with `recompute_kv`, running requests first recompute their KV."""
+        if recompute_kv:
+            self.scheduler.recompute_running()
+        self.paused = None
+
+    @property
+    def num_running(self) -> int:
+        return len(self.scheduler.running)
+
+    def _next_version(self, version: int | None) -> int:
+        if version is None:
+            return self.policy_version + 1
+        if isinstance(version, bool) or not isinstance(version, int) or \
+                version <= self.policy_version:
             raise ValueError(f"version must be an integer > the current policy version "
                              f"{self.policy_version}, got {version!r}")
-        update_weights(self.model, weights)
-        # KV of running sequences mixes old and new weights from here on: never share it.
-        for seq in self.scheduler.running:
-            seq.cacheable = False
-        self.policy_version = self.policy_version + 1 if version is None else version
-        return self.policy_version
+        return version
+
+    def _set_version(self, version: int, recompute_kv: bool) -> None:
+        self.policy_version = version
+        if recompute_kv:
+            self.scheduler.recompute_running()
+        else:  # their KV mixes old and new weights from here on: never share it
+            for seq in self.scheduler.running:
+                seq.cacheable = False
+        for request in list(self._requests.values()):
+            behind = version - request.start_version
+            if request.max_staleness is not None and behind > request.max_staleness:
+                self.abort(request.request_id, reason=f"stale: policy moved {behind} versions "
+                           f"(max_staleness {request.max_staleness})")
+
+    def _check_staleness_args(self, min_version: int | None, max_staleness: int | None) -> None:
+        for name, value in (("min_policy_version", min_version), ("max_staleness", max_staleness)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 0):
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        if min_version is not None and self.policy_version < min_version:
+            raise ValueError(f"request needs policy version >= {min_version} but the engine's "
+                             f"weights are version {self.policy_version}")
 
     # ---- convenience loops ----------------------------------------------------------------
 
     def generate(self, prompts: Prompt | list[Prompt],
                  params: SamplingParams | list[SamplingParams] | None = None,
-                 ) -> list[RequestOutput]:
-        """Complete prompts (a string, token ids, or a list of either); outputs in order."""
+                 lora_name: str | None | list[str | None] = None) -> list[RequestOutput]:
+        """Complete prompts (a string, token ids, or a list of either); outputs in order.
+        `lora_name`: one adapter for all prompts, or one per prompt (None = base model)."""
         prompt_list = _as_prompt_list(prompts)
         params_list = _as_params_list(params, len(prompt_list))
+        loras = lora_name if isinstance(lora_name, list) else [lora_name] * len(prompt_list)
+        if len(loras) != len(prompt_list):
+            raise ValueError(f"got {len(loras)} lora names for {len(prompt_list)} prompts")
         ids: list[str] = []
         try:
-            for prompt, p in zip(prompt_list, params_list, strict=True):
-                ids.append(self.add_request(prompt, p))
+            for prompt, p, lora in zip(prompt_list, params_list, loras, strict=True):
+                ids.append(self.add_request(prompt, p, lora_name=lora))
         except Exception:
             for request_id in ids:
                 self.abort(request_id)
@@ -187,12 +289,13 @@ class Engine:
 
     def chat(self, conversations: list[dict] | list[list[dict]],
              params: SamplingParams | list[SamplingParams] | None = None,
-             tools: list[dict] | None = None) -> list[RequestOutput]:
+             tools: list[dict] | None = None,
+             lora_name: str | None | list[str | None] = None) -> list[RequestOutput]:
         """Apply the chat template (with `tools` when given) and generate."""
         if conversations and isinstance(conversations[0], dict):
             conversations = [conversations]  # type: ignore[list-item]
         prompts = [self.render_chat(conv, tools) for conv in conversations]
-        outs = self.generate(prompts, params)
+        outs = self.generate(prompts, params, lora_name)
         for out, prompt in zip(outs, prompts, strict=True):
             out.prompt = self.tokenizer.decode(prompt)
         return outs
@@ -207,7 +310,8 @@ class Engine:
 
     def score(self, prompt_token_ids: list[int] | list[list[int]],
               response_token_ids: list[int] | list[list[int]],
-              temperature: float = 1.0) -> list[float] | list[list[float]]:
+              temperature: float = 1.0,
+              lora_name: str | None = None) -> list[float] | list[list[float]]:
         """Teacher-forced logprobs of each response token after its prompt, under
         log_softmax(logits / temperature): the numbers `generate` reports for them."""
         single = bool(prompt_token_ids) and isinstance(prompt_token_ids[0], int)
@@ -221,15 +325,17 @@ class Engine:
         params = SamplingParams(temperature=temperature, max_tokens=1)
         ids = []
         for prompt, response in zip(prompts, responses, strict=True):
-            ids.append(self.add_request(list(prompt) + list(response), params))
+            ids.append(self.add_request(list(prompt) + list(response), params,
+                                        lora_name=lora_name))
             self._requests[ids[-1]].seqs[0].score_only = True
         outs = self._run_to_completion(ids)
         scores = [out.prompt_logprobs[len(p):] for out, p in zip(outs, prompts, strict=True)]
         return scores[0] if single else scores
 
-    def logits(self, token_ids: list[int]) -> torch.Tensor:
+    def logits(self, token_ids: list[int], lora_name: str | None = None) -> torch.Tensor:
         """Teacher-forced fp32 logits [len(token_ids), vocab] of every position."""
-        request_id = self.add_request(token_ids, SamplingParams(max_tokens=1))
+        request_id = self.add_request(token_ids, SamplingParams(max_tokens=1),
+                                      lora_name=lora_name)
         seq = self._requests[request_id].seqs[0]
         seq.score_only = seq.keep_logits = True
         self._run_to_completion([request_id])
@@ -241,7 +347,7 @@ class Engine:
         """Forward one batch and apply its results; returns the sequences that progressed."""
         samples = [seq.num_computed_tokens + n == seq.num_tokens and not seq.score_only
                    for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True)]
-        result = self.runner.run(batch, samples)
+        result = self.runner.run(batch, samples, self.adapters)
         self._counters["steps"] += 1
         progressed = []
         for i, (seq, num_new) in enumerate(zip(batch.seqs, batch.num_new_tokens, strict=True)):
@@ -393,16 +499,19 @@ class Engine:
                              "kv_cache_memory, or lower max_tokens")
 
     def _new_seq(self, request_id: str, index: int, token_ids: list[int],
-                 params: SamplingParams, seed: int) -> Sequence:
+                 params: SamplingParams, seed: int, lora_name: str | None) -> Sequence:
         return Sequence(self._take_seq_id(), request_id, index, token_ids, params, seed,
-                        arrival=self._next_seq_id)
+                        arrival=self._next_seq_id, lora_name=lora_name)
 
     def _take_seq_id(self) -> int:
         self._next_seq_id += 1
         return self._next_seq_id
 
     def _cache_key(self, seq: Sequence) -> Hashable:
-        return (self.policy_version, None)  # (weight version, adapter)
+        """Prefix-cache entries are valid only for the weights that computed them."""
+        if seq.lora_name is None:
+            return (self._base_version, None, None)
+        return (self._base_version, seq.lora_name, self.adapters[seq.lora_name].version)
 
     def _num_kv_blocks(self) -> int:
         c = self.config

@@ -15,6 +15,7 @@ import torch
 from rlserve.engine.scheduler import ScheduledBatch
 from rlserve.models.attention import AttentionMetadata, DecodeGroup, PrefillSpan
 from rlserve.models.llama import LlamaModel
+from rlserve.models.lora import LoRAAdapter, LoRABatch
 
 DECODE_GROUP_SIZE = 8
 
@@ -58,17 +59,20 @@ class ModelRunner:
             attn.v_cache[dst] = attn.v_cache[src]
 
     @torch.inference_mode()
-    def run(self, batch: ScheduledBatch, samples: list[bool]) -> RunnerOutput:
+    def run(self, batch: ScheduledBatch, samples: list[bool],
+            adapters: dict[str, LoRAAdapter]) -> RunnerOutput:
         """Forward the batch; `samples[i]` says whether batch.seqs[i] samples a token."""
         self.copy_blocks(batch.block_copies)
         input_ids, positions, slots = [], [], []
         prefills, decodes = [], []  # decodes: (row, block table, context length)
         sample_rows, sample_seqs, prompt_rows = [], [], {}
+        lora_rows: dict[str | None, list[int]] = {}
         bs = self.block_size
         for i, (seq, num_new) in enumerate(zip(batch.seqs, batch.num_new_tokens, strict=True)):
             start, first = len(input_ids), seq.num_computed_tokens
             end = first + num_new
             input_ids.extend(seq.token_ids[first:end])
+            lora_rows.setdefault(seq.lora_name, []).extend(range(start, start + num_new))
             positions.extend(range(first, end))
             table = seq.block_table
             slots.extend(table[p // bs] * bs + p % bs for p in range(first, end))
@@ -84,11 +88,21 @@ class ModelRunner:
                 prompt_rows[i] = (first, list(range(start, start + last - first)))
         meta = AttentionMetadata(slot_mapping=self._tensor(slots), prefills=prefills,
                                  decodes=self._decode_groups(decodes))
-        hidden = self.model(self._tensor(input_ids), self._tensor(positions), meta)
+        lora = self._lora_batch(lora_rows, adapters, len(input_ids))
+        hidden = self.model(self._tensor(input_ids), self._tensor(positions), meta, lora)
         logits = self.model.compute_logits(hidden[self._tensor(sample_rows)])
         prompt_logits = {i: (first, self.model.compute_logits(hidden[self._tensor(rows)]))
                          for i, (first, rows) in prompt_rows.items()}
         return RunnerOutput(logits, sample_seqs, prompt_logits)
+
+    def _lora_batch(self, lora_rows: dict[str | None, list[int]],
+                    adapters: dict[str, LoRAAdapter], num_rows: int) -> LoRABatch:
+        lora: LoRABatch = []
+        for name, rows in lora_rows.items():
+            if name is not None:  # every row of a batch using one adapter needs no indexing
+                lora.append((adapters[name], None if len(rows) == num_rows else
+                             self._tensor(rows)))
+        return lora
 
     def _decode_groups(self, decodes: list[tuple[int, list[int], int]]) -> list[DecodeGroup]:
         """Sort decodes by context length and attend in small groups: padding each group to

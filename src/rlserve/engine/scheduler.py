@@ -45,12 +45,13 @@ class Scheduler:
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def schedule(self) -> ScheduledBatch:
+    def schedule(self, admit: bool = True) -> ScheduledBatch:
+        """The next batch; with admit=False no waiting sequence starts (draining)."""
         batch = ScheduledBatch()
         budget = self.max_num_batched_tokens
         preempted = self._schedule_running(batch, budget)
         budget -= sum(batch.num_new_tokens)
-        if not preempted:
+        if admit and not preempted:
             self._schedule_waiting(batch, budget)
         batch.block_copies = self.block_manager.pending_copies
         self.block_manager.pending_copies = []
@@ -93,6 +94,12 @@ class Scheduler:
             batch.seqs.append(seq)
             batch.num_new_tokens.append(num_new)
             budget -= num_new
+
+    def recompute_running(self) -> None:
+        """Drop the KV of every running sequence; each is recomputed when next scheduled."""
+        for seq in reversed(self.running):
+            self._preempt(seq)
+        self.running = []
 
     def _preempt(self, seq: Sequence) -> None:
         self.block_manager.free(seq)

@@ -23,13 +23,15 @@ class Sequence:
     """
 
     def __init__(self, seq_id: int, request_id: str, index: int, prompt_token_ids: list[int],
-                 params: SamplingParams, seed: int, arrival: int) -> None:
+                 params: SamplingParams, seed: int, arrival: int,
+                 lora_name: str | None = None) -> None:
         self.seq_id = seq_id
         self.request_id = request_id
         self.index = index  # which of the request's n samples
         self.params = params
         self.seed = seed
         self.arrival = arrival
+        self.lora_name = lora_name
         self.token_ids = list(prompt_token_ids)
         self.num_prompt_tokens = len(prompt_token_ids)
         self.num_computed_tokens = 0
@@ -83,7 +85,7 @@ class Sequence:
     def fork(self, seq_id: int, index: int) -> Sequence:
         """A sibling sample sharing this sequence's prompt and computed KV."""
         child = Sequence(seq_id, self.request_id, index, self.token_ids, self.params,
-                         self.seed, self.arrival)
+                         self.seed, self.arrival, self.lora_name)
         child.num_prompt_tokens = self.num_prompt_tokens
         child.num_computed_tokens = self.num_computed_tokens
         child.num_cached_tokens = self.num_cached_tokens

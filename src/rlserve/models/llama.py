@@ -17,6 +17,7 @@ from torch import nn
 
 from rlserve.models.attention import AttentionMetadata, paged_attention
 from rlserve.models.config import ModelConfig
+from rlserve.models.lora import LoRABatch, add_lora
 
 
 class RMSNorm(nn.Module):
@@ -80,8 +81,9 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
+        self.layer_idx = layer_idx
         self.num_heads, self.num_kv_heads = config.num_heads, config.num_kv_heads
         self.head_dim = config.head_dim
         self.q_size = self.num_heads * self.head_dim
@@ -92,13 +94,17 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if config.qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if config.qk_norm else None
         self.scale = self.head_dim ** -0.5
+        q, kv = self.q_size, self.kv_size
+        self.qkv_slices = {"q_proj": (0, q), "k_proj": (q, q + kv), "v_proj": (q + kv, q + 2 * kv)}
+        self.o_slices = {"o_proj": (0, config.hidden_size)}
         self.k_cache = torch.empty(0)  # set by the model runner
         self.v_cache = torch.empty(0)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, rope: RotaryEmbedding,
-                meta: AttentionMetadata) -> torch.Tensor:
+                meta: AttentionMetadata, lora: LoRABatch | None) -> torch.Tensor:
         tokens = x.shape[0]
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        qkv = add_lora(self.qkv_proj(x), x, lora, self.layer_idx, self.qkv_slices)
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(tokens, self.num_heads, self.head_dim)
         k = k.view(tokens, self.num_kv_heads, self.head_dim)
         v = v.view(tokens, self.num_kv_heads, self.head_dim)
@@ -106,33 +112,40 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = rope(positions, q, k)
         out = paged_attention(q, k, v, self.k_cache, self.v_cache, meta, self.scale)
-        return self.o_proj(out.view(tokens, self.q_size))
+        out = out.view(tokens, self.q_size)
+        return add_lora(self.o_proj(out), out, lora, self.layer_idx, self.o_slices)
 
 
 class MLP(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
+        self.layer_idx = layer_idx
+        inter = config.intermediate_size
+        self.gate_up_slices = {"gate_proj": (0, inter), "up_proj": (inter, 2 * inter)}
+        self.down_slices = {"down_proj": (0, config.hidden_size)}
         self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size,
                                       bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+    def forward(self, x: torch.Tensor, lora: LoRABatch | None) -> torch.Tensor:
+        gate_up = add_lora(self.gate_up_proj(x), x, lora, self.layer_idx, self.gate_up_slices)
+        gate, up = gate_up.chunk(2, dim=-1)
+        h = F.silu(gate) * up
+        return add_lora(self.down_proj(h), h, lora, self.layer_idx, self.down_slices)
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
-        self.self_attn = Attention(config)
-        self.mlp = MLP(config)
+        self.self_attn = Attention(config, layer_idx)
+        self.mlp = MLP(config, layer_idx)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, rope: RotaryEmbedding,
-                meta: AttentionMetadata) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), positions, rope, meta)
-        return x + self.mlp(self.post_attention_layernorm(x))
+                meta: AttentionMetadata, lora: LoRABatch | None) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), positions, rope, meta, lora)
+        return x + self.mlp(self.post_attention_layernorm(x), lora)
 
 
 class LlamaModel(nn.Module):
@@ -143,7 +156,7 @@ class LlamaModel(nn.Module):
         super().__init__()
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rope = RotaryEmbedding(config, max_positions)
         self.lm_head = None
@@ -152,10 +165,11 @@ class LlamaModel(nn.Module):
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                meta: AttentionMetadata) -> torch.Tensor:
+                meta: AttentionMetadata, lora: LoRABatch | None = None) -> torch.Tensor:
+        """Hidden states of a flat batch; `lora` says which rows use which adapter."""
         x = self.embed_tokens(input_ids)
         for layer in self.layers:
-            x = layer(x, positions, self.rope, meta)
+            x = layer(x, positions, self.rope, meta, lora)
         return self.norm(x)
 
     @torch.inference_mode()
