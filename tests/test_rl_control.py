@@ -166,10 +166,15 @@ def test_staleness(engine):
         engine.step()
 
 
-def test_pause_bad_mode(engine):
+def test_pause_bad_mode_and_generate_while_paused(engine):
     with pytest.raises(ValueError, match="pause mode"):
         engine.pause("later")
     assert engine.paused is None
+    engine.pause("keep")
+    with pytest.raises(RuntimeError, match="paused"):
+        engine.generate(PROMPTS[0], GREEDY)
+    engine.resume()
+    assert len(engine.generate(PROMPTS[0], GREEDY)[0].outputs[0].token_ids) == 16
 
 
 def test_update_from_transformers_checkpoint_dtype_mismatch_is_named(checkpoints):

@@ -458,6 +458,11 @@ class Engine:
         )
 
     def _run_to_completion(self, ids: list[str]) -> list[RequestOutput]:
+        if self.paused is not None:  # nothing new would be scheduled: never spin forever
+            for request_id in ids:
+                self.abort(request_id)
+            self.step()
+            raise RuntimeError(f"the engine is paused ({self.paused!r}); call resume() first")
         results = {i: RequestOutput(i, None, [], []) for i in ids}
         while any(not results[i].finished for i in ids):
             for delta in self.step():
