@@ -1,0 +1,143 @@
+"""Sandbox configuration and the result of one sandboxed execution."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# Strongest first. "auto" picks the strongest level that works on this machine.
+ISOLATION_LEVELS = (
+    "namespaces+uid+rlimits",
+    "namespaces+rlimits",
+    "uid+rlimits",
+    "rlimits",
+)
+ISOLATION_CHOICES = ("auto", *ISOLATION_LEVELS)
+
+STATUSES = ("completed", "error", "timeout", "memory", "output_limit", "sandbox_error")
+
+GIB = 1024**3
+MIB = 1024**2
+
+
+def _check_positive(name: str, value: float, *, integer: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if integer and not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """Limits and isolation settings for :class:`rlserve.sandbox.Sandbox`.
+
+    The interpreter runs with ``-I -S -B -u``: isolated mode (no environment variables, no
+    user site, script directory not on ``sys.path``), *no site-packages* (snippets get the
+    standard library only, which keeps start-up fast and the attack surface small; set
+    ``site_packages=True`` to allow third-party imports), no ``.pyc`` writes, and unbuffered
+    output so that text printed before a timeout is still captured.
+
+    Isolation levels, strongest first: ``namespaces+uid+rlimits`` (root only: a dedicated uid
+    per run slot, so RLIMIT_NPROC is enforced and files outside the work dir are protected,
+    plus user/network/pid/mount namespaces via util-linux ``unshare``), ``namespaces+rlimits``
+    (non-root), ``uid+rlimits`` and ``rlimits``. Note that plain ``rlimits`` as root keeps root
+    privileges: no process-count limit, no file-system protection. The uids
+    ``uid_base .. uid_base + max_concurrency + max_sessions - 1`` must not be used by anything
+    else: the sandbox kills every process they own after each run.
+    """
+
+    timeout_s: float = 10.0  # default wall-clock limit per execution
+    max_timeout_s: float = 300.0  # largest timeout a caller may ask for
+    cpu_time_s: float | None = None  # RLIMIT_CPU per process; None: the timeout + 1 s
+    session_cpu_time_s: float = 600.0  # RLIMIT_CPU of a persistent session interpreter
+    memory_bytes: int = 1 * GIB  # RLIMIT_AS
+    max_file_bytes: int = 16 * MIB  # RLIMIT_FSIZE
+    max_open_files: int = 64  # RLIMIT_NOFILE
+    max_processes: int = 32  # RLIMIT_NPROC (processes and threads of the sandbox uid)
+    max_output_bytes: int = 64 * 1024  # per stream; the run is killed once exceeded
+    max_code_chars: int = 1_000_000
+    max_concurrency: int = 4
+    max_sessions: int = 8
+    isolation: str = "auto"
+    uid_base: int = 61000  # when root: run slot i uses uid_base + i (no passwd entry needed)
+    python: str | None = None  # interpreter for snippets; None picks one the sandbox can run
+    site_packages: bool = False
+    workdir_root: str | None = None  # parent of the per-run temporary directories
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("timeout_s", "max_timeout_s", "session_cpu_time_s"):
+            _check_positive(name, getattr(self, name))
+        if self.cpu_time_s is not None:
+            _check_positive("cpu_time_s", self.cpu_time_s)
+        for name in (
+            "memory_bytes",
+            "max_file_bytes",
+            "max_open_files",
+            "max_processes",
+            "max_output_bytes",
+            "max_code_chars",
+            "max_concurrency",
+            "max_sessions",
+        ):
+            _check_positive(name, getattr(self, name), integer=True)
+        if self.timeout_s > self.max_timeout_s:
+            raise ValueError(
+                f"timeout_s ({self.timeout_s}) must not exceed max_timeout_s ({self.max_timeout_s})"
+            )
+        if self.isolation not in ISOLATION_CHOICES:
+            choices = ", ".join(ISOLATION_CHOICES)
+            raise ValueError(f"unknown isolation {self.isolation!r}; choose one of {choices}")
+        if isinstance(self.uid_base, bool) or not isinstance(self.uid_base, int):
+            raise ValueError(f"uid_base must be an integer, got {self.uid_base!r}")
+        if not 1000 <= self.uid_base <= 2**31 - 1 - self.uid_count:
+            raise ValueError(f"uid_base must leave room for {self.uid_count} unprivileged uids")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.extra_env.items()):
+            raise ValueError("extra_env must map strings to strings")
+
+    @property
+    def uid_count(self) -> int:
+        """How many uids the sandbox uses when it runs as root (run slots + sessions)."""
+        return self.max_concurrency + self.max_sessions
+
+    def check_timeout(self, timeout: float | None) -> float:
+        """Validate a per-call timeout, returning the effective value."""
+        if timeout is None:
+            return self.timeout_s
+        _check_positive("timeout", timeout)
+        if timeout > self.max_timeout_s:
+            raise ValueError(f"timeout {timeout} exceeds max_timeout_s ({self.max_timeout_s})")
+        return float(timeout)
+
+
+@dataclass
+class SandboxResult:
+    """The outcome of one execution.
+
+    ``status`` is one of ``completed`` (exit 0), ``error`` (non-zero exit, exception or
+    syntax error), ``timeout`` (wall-clock or CPU limit), ``memory`` (MemoryError or the
+    address-space limit), ``output_limit`` (stdout or stderr over the cap; the run was killed)
+    and ``sandbox_error`` (the sandbox itself failed). ``state_lost`` is set on session calls
+    whose interpreter state is gone: the call that killed it, and the first call served by the
+    fresh interpreter.
+    """
+
+    status: str
+    stdout: str = ""
+    stderr: str = ""
+    truncated: bool = False
+    exit_code: int | None = None
+    duration_s: float = 0.0
+    state_lost: bool = False
+    session_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"unknown status {self.status!r}; expected one of {STATUSES}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of all fields."""
+        return asdict(self)

@@ -1,0 +1,24 @@
+"""Tool calling: parse tool calls out of model output, one-shot or while streaming."""
+
+from rlserve.tools.parsers import (
+    PARSERS,
+    ParseResult,
+    ToolCall,
+    ToolCallError,
+    ToolParser,
+    get_parser,
+    parse_tool_calls,
+)
+from rlserve.tools.streaming import StreamEvent, StreamingToolParser
+
+__all__ = [
+    "PARSERS",
+    "ParseResult",
+    "StreamEvent",
+    "StreamingToolParser",
+    "ToolCall",
+    "ToolCallError",
+    "ToolParser",
+    "get_parser",
+    "parse_tool_calls",
+]
