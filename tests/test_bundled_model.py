@@ -65,3 +65,21 @@ def test_cli_rejects_bad_input():
     result = subprocess.run([sys.executable, "-m", "rlserve.cli", "generate", "hi",
                              "--temperature", "-1"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "temperature" in result.stderr
+
+
+def test_chat_with_tools_returns_parsed_calls(bundled):
+    from rlserve.tools import batch_generate_with_tools
+
+    outs = batch_generate_with_tools(bundled, ["What is 347 * 29?", "What is 4 + 3?"],
+                                     [CALCULATOR], SamplingParams(temperature=0, max_tokens=48))
+    calls = outs[0].outputs[0].tool_calls
+    assert len(calls) == 1 and calls[0].name == "calculator"
+    assert calls[0].arguments["expression"].replace(" ", "") == "347*29"
+    assert outs[0].outputs[0].tool_call_errors == []
+    plain = bundled.chat([{"role": "user", "content": "What is 4 + 3?"}],
+                         SamplingParams(temperature=0, max_tokens=16))[0].outputs[0]
+    assert plain.tool_calls is None  # no tools offered: nothing parsed
+    import pytest
+
+    with pytest.raises(ValueError, match="tools"):
+        batch_generate_with_tools(bundled, ["hi"], [])

@@ -290,14 +290,24 @@ class Engine:
     def chat(self, conversations: list[dict] | list[list[dict]],
              params: SamplingParams | list[SamplingParams] | None = None,
              tools: list[dict] | None = None,
-             lora_name: str | None | list[str | None] = None) -> list[RequestOutput]:
-        """Apply the chat template (with `tools` when given) and generate."""
+             lora_name: str | None | list[str | None] = None,
+             tool_parser: str = "hermes") -> list[RequestOutput]:
+        """Apply the chat template (with `tools` when given) and generate. With `tools`,
+        each completion also carries the calls parsed from its text (`tool_calls`) and the
+        ones that failed to parse (`tool_call_errors`), by the `tool_parser` format."""
         if conversations and isinstance(conversations[0], dict):
             conversations = [conversations]  # type: ignore[list-item]
+        if tools:
+            from rlserve.tools import get_parser  # the tools layer sits above the engine
+
+            parser = get_parser(tool_parser)
         prompts = [self.render_chat(conv, tools) for conv in conversations]
         outs = self.generate(prompts, params, lora_name)
         for out, prompt in zip(outs, prompts, strict=True):
             out.prompt = self.tokenizer.decode(prompt)
+            for c in out.outputs if tools else []:
+                parsed = parser.parse(c.text, tools)
+                c.tool_calls, c.tool_call_errors = parsed.calls, parsed.errors
         return outs
 
     def render_chat(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:

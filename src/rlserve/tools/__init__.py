@@ -1,5 +1,6 @@
 """Tool calling: parse tool calls out of model output, one-shot or while streaming."""
 
+from rlserve.tools.generate import batch_generate_with_tools
 from rlserve.tools.parsers import (
     PARSERS,
     ParseResult,
@@ -19,6 +20,7 @@ __all__ = [
     "ToolCall",
     "ToolCallError",
     "ToolParser",
+    "batch_generate_with_tools",
     "get_parser",
     "parse_tool_calls",
 ]
