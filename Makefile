@@ -19,6 +19,9 @@ test: install
 lint: install
 	$(PY) -m ruff check src tests bench scripts
 
+serve: install
+	.venv/bin/rlserve serve
+
 run: install
 	.venv/bin/rlserve generate --chat "What is 37 + 48?" --max-tokens 32 --logprobs
 

@@ -151,3 +151,22 @@ def test_requests_join_a_running_batch(engine):
     assert 2 in batch_sizes  # both advanced in the same step
     alone = engine.generate([PROMPTS[2], PROMPTS[3]], params)
     assert [tokens[first], tokens[second]] == [o.outputs[0].token_ids for o in alone]
+
+
+def test_each_sample_finish_is_reported_once(engine):
+    # Sample 0 is made to stop early (its max_tokens lowered mid-flight); sample 1 goes on.
+    lengths = [3, 9]
+    rid = engine.add_request(PROMPTS[4], SamplingParams(n=2, temperature=1.0, max_tokens=9,
+                                                        seed=4, ignore_eos=True))
+    finishes, tokens = {0: 0, 1: 0}, {0: 0, 1: 0}
+    engine.step()
+    seq0 = engine._requests[rid].seqs[0]
+    seq0.params = SamplingParams(n=2, temperature=1.0, max_tokens=lengths[0], seed=4,
+                                 ignore_eos=True)
+    while engine.has_unfinished_requests():
+        for d in engine.step():
+            for c in d.outputs:
+                tokens[c.index] += len(c.token_ids)
+                finishes[c.index] += c.finish_reason is not None
+    assert finishes == {0: 1, 1: 1}
+    assert tokens[1] == 8  # its first token came with the first step

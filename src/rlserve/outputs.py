@@ -37,7 +37,8 @@ class CompletionOutput:
 
 @dataclass
 class RequestOutput:
-    """All samples of one prompt. From `Engine.step()` it is a delta: only new tokens/text."""
+    """All samples of one prompt. From `Engine.step()` it is a delta: only new tokens/text;
+    each sample's finish is reported once, and `prompt_logprobs` come with the last delta."""
 
     request_id: str
     prompt: str | None

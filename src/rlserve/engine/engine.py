@@ -449,8 +449,7 @@ class Engine:
         first = not request.announced
         request.announced = True
         seq0 = request.seqs[0]
-        outputs = [self.outputs.delta(s) for s in request.seqs
-                   if s.num_emitted_tokens < s.num_output_tokens or s.is_finished]
+        outputs = [self.outputs.delta(s) for s in request.seqs if self.outputs.has_news(s)]
         finished = request.finished
         if finished:
             del self._requests[request.request_id]

@@ -52,6 +52,12 @@ class OutputProcessor:
         seq.stop_reason = stop
         return True
 
+    @staticmethod
+    def has_news(seq: Sequence) -> bool:
+        """New tokens, or a finish not reported yet."""
+        return seq.num_emitted_tokens < seq.num_output_tokens or (
+            seq.finish_reason is not None and not seq.finish_emitted)
+
     def delta(self, seq: Sequence) -> CompletionOutput:
         """What `seq` produced since the last delta (tokens, logprobs, text)."""
         start = seq.num_emitted_tokens
@@ -69,6 +75,7 @@ class OutputProcessor:
             stop_reason=seq.stop_reason,
         )
         seq.num_emitted_tokens = end
+        seq.finish_emitted = seq.finish_reason is not None
         seq.num_emitted_chars = max(seq.num_emitted_chars, len(text))
         return out
 

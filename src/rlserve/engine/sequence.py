@@ -56,6 +56,7 @@ class Sequence:
         self.text = ""  # output text (stop strings already cut)
         self.num_emitted_tokens = 0  # how much step() has already reported
         self.num_emitted_chars = 0
+        self.finish_emitted = False
 
     @property
     def num_tokens(self) -> int:
