@@ -1,9 +1,31 @@
-"""rlserve: an LLM inference engine for reinforcement-learning post-training."""
+"""rlserve: an LLM inference engine for reinforcement-learning post-training.
 
-from rlserve.config import EngineConfig
-from rlserve.engine import Engine
-from rlserve.outputs import CompletionOutput, RequestOutput
-from rlserve.sampling_params import SamplingParams
+Names are imported lazily so that `import rlserve.client` (HTTP only) never imports torch.
+"""
 
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rlserve.config import EngineConfig
+    from rlserve.engine import Engine
+    from rlserve.outputs import CompletionOutput, RequestOutput
+    from rlserve.sampling_params import SamplingParams
+
+_EXPORTS = {
+    "Engine": "rlserve.engine",
+    "EngineConfig": "rlserve.config",
+    "CompletionOutput": "rlserve.outputs",
+    "RequestOutput": "rlserve.outputs",
+    "SamplingParams": "rlserve.sampling_params",
+}
 __all__ = ["CompletionOutput", "Engine", "EngineConfig", "RequestOutput", "SamplingParams"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'rlserve' has no attribute {name!r}")

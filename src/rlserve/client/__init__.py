@@ -1,0 +1,38 @@
+"""HTTP clients for rlserve and other OpenAI-compatible servers (vLLM, SGLang).
+
+Imports neither torch nor the rest of rlserve, so trainers and rollout workers can use
+it anywhere. Responses are plain dicts that carry training data under `rlserve_train`.
+"""
+
+from rlserve.client.async_client import AsyncClient
+from rlserve.client.errors import APIConnectionError, APIError, APIStatusError
+from rlserve.client.payloads import TRAINING_EXTRA_BODY
+from rlserve.client.retry import RetryPolicy
+from rlserve.client.sync_client import Client
+from rlserve.client.tokenizer import apply_chat_template, hf_tokenizer
+from rlserve.client.training_data import (
+    TRAIN_KEY,
+    chat_training_data,
+    completion_training_data,
+    generate_training_data,
+    parse_token_id,
+)
+from rlserve.client.weight_sync import WeightSyncController
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIStatusError",
+    "AsyncClient",
+    "Client",
+    "RetryPolicy",
+    "TRAINING_EXTRA_BODY",
+    "TRAIN_KEY",
+    "WeightSyncController",
+    "apply_chat_template",
+    "chat_training_data",
+    "completion_training_data",
+    "generate_training_data",
+    "hf_tokenizer",
+    "parse_token_id",
+]

@@ -1,0 +1,111 @@
+"""What the sync and async clients share: settings, request building, tokenizer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from rlserve.client.payloads import (
+    PreparedCall,
+    auth_headers,
+    call_defaults,
+    normalize_base_url,
+    prepare,
+)
+from rlserve.client.retry import RetryPolicy
+from rlserve.client.tokenizer import apply_chat_template, hf_tokenizer
+from rlserve.client.weight_sync import WeightSyncController
+
+DEFAULT_TIMEOUT = 600.0
+
+
+class ClientBase:
+    """Settings and request building; subclasses add the HTTP transport.
+
+    `base_url` may end in `/v1` or not. `model` defaults to the first id the server
+    lists at `/v1/models`. `tokenizer` (a name/path or a tokenizer object) is only
+    needed for `apply_chat_template`. With a `weight_sync` controller and
+    `freeze_for_weight_sync`, every inference call first waits while a weight sync of
+    `model_tag` is in progress.
+    """
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        api_key: str | None = None,
+        max_retries: int = 10,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        *,
+        model: str | None = None,
+        tokenizer: Any = None,
+        initial_backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        max_connections: int = 256,
+        headers: dict[str, str] | None = None,
+        weight_sync: WeightSyncController | None = None,
+        freeze_for_weight_sync: bool = True,
+        model_tag: str = "default",
+    ) -> None:
+        self.base_url = normalize_base_url(base_url)
+        self.weight_sync = weight_sync
+        self.freeze_for_weight_sync = freeze_for_weight_sync
+        self.model_tag = model_tag
+        self.retry_policy = RetryPolicy(max_retries, initial_backoff, max_backoff)
+        self.model = model
+        self._tokenizer = tokenizer
+        self._http_options: dict[str, Any] = {
+            "base_url": self.base_url,
+            "timeout": timeout,
+            "headers": auth_headers(api_key, headers),
+            "limits": httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+        }
+        self._open()
+
+    def _open(self) -> None:
+        """Create the HTTP transport and the OpenAI-style namespaces (subclasses)."""
+        raise NotImplementedError
+
+    def set_weight_sync_controller(
+        self, controller: WeightSyncController | None, model_tag: str = "default"
+    ) -> None:
+        """Wait on `controller` for syncs of `model_tag` before each inference call."""
+        self.weight_sync = controller
+        self.model_tag = model_tag
+
+    @property
+    def _frozen_by(self) -> WeightSyncController | None:
+        return self.weight_sync if self.freeze_for_weight_sync else None
+
+    @property
+    def tokenizer(self) -> Any:
+        """The Hugging Face tokenizer, loaded on first use when given as a name/path."""
+        if self._tokenizer is None:
+            raise ValueError("this client has no tokenizer; pass tokenizer=<name or path>")
+        if isinstance(self._tokenizer, str):
+            self._tokenizer = hf_tokenizer(self._tokenizer)
+        return self._tokenizer
+
+    def apply_chat_template(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        tokenize: bool = False,
+        **kwargs: Any,
+    ) -> str | list[int]:
+        """Render a conversation with the client's tokenizer (text, or ids if `tokenize`)."""
+        return apply_chat_template(self.tokenizer, messages, tools, tokenize, **kwargs)
+
+    @staticmethod
+    def _completion_call(kwargs: dict[str, Any], training: bool) -> PreparedCall:
+        return prepare("/v1/completions", kwargs, call_defaults("completion", training))
+
+    @staticmethod
+    def _chat_call(kwargs: dict[str, Any], training: bool) -> PreparedCall:
+        return prepare("/v1/chat/completions", kwargs, call_defaults("chat", training))
+
+    @staticmethod
+    def _generate_call(kwargs: dict[str, Any]) -> PreparedCall:
+        return prepare("/generate", kwargs)

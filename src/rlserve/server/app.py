@@ -1,0 +1,91 @@
+"""`create_app(engine, config)`: the FastAPI app in front of one Engine."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+
+from rlserve.server.config import ServerConfig
+from rlserve.server.engine_loop import EngineLoop
+from rlserve.server.errors import APIError, install_error_handlers
+from rlserve.server.logprob_format import TokenRenderer
+from rlserve.server.metrics import MetricsMiddleware, ServerMetrics
+from rlserve.server.openai_routes import openai_router
+from rlserve.server.ops_routes import ops_router
+from rlserve.server.rl_routes import rl_router
+from rlserve.server.state import ServerState
+
+BUNDLED_MODEL_NAME = "rlserve-tiny"
+
+
+def load_tokenizer(model_path: str, trust_remote_code: bool = False) -> Any:
+    """The server's own tokenizer copy (the engine's belongs to the engine thread)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+
+
+def require_api_key(api_key: str) -> Callable[[Request], Awaitable[None]]:
+    """A dependency refusing requests without `Authorization: Bearer <api_key>` (401)."""
+    expected = f"Bearer {api_key}".encode()
+
+    async def check(request: Request) -> None:
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            raise APIError(401, "missing or wrong API key (send 'Authorization: Bearer <key>')")
+
+    return check
+
+
+def build_state(engine: Any, config: ServerConfig, tokenizer: Any = None) -> ServerState:
+    max_batch = getattr(getattr(engine, "config", None), "max_num_seqs", config.max_batch)
+    loop = EngineLoop(
+        engine,
+        max_batch=max_batch,
+        flush_interval_s=config.flush_interval_s,
+        max_queue=config.max_queue,
+    )
+    tokenizer = tokenizer or load_tokenizer(engine.model_path, config.trust_remote_code)
+    return ServerState(
+        config=config,
+        loop=loop,
+        tokenizer=tokenizer,
+        renderer=TokenRenderer(tokenizer),
+        model_name=config.served_model_name or config.model or BUNDLED_MODEL_NAME,
+        model_path=str(engine.model_path),
+        max_model_len=int(engine.max_model_len),
+        metrics=ServerMetrics(loop.stats),
+        default_adapter=config.adapter_name if config.adapter_path else None,
+    )
+
+
+def create_app(engine: Any, config: ServerConfig | None = None, tokenizer: Any = None) -> FastAPI:
+    """The rlserve HTTP app. The engine thread starts with the app and stops with it.
+
+    `engine` must not be used by anyone else while the app runs (it is not thread-safe).
+    """
+    config = config or ServerConfig()
+    state = build_state(engine, config, tokenizer)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        state.loop.start()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(state.loop.stop)
+
+    app = FastAPI(title="rlserve", version="0.1.0", lifespan=lifespan)
+    app.state.rlserve = state
+    install_error_handlers(app)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    guarded = [Depends(require_api_key(config.api_key))] if config.api_key else []
+    app.include_router(openai_router(state), dependencies=guarded)
+    app.include_router(rl_router(state), dependencies=guarded)
+    app.include_router(ops_router(state))
+    return app

@@ -1,0 +1,182 @@
+"""`/v1/chat/completions`: prompt rendering, responses and stream chunks."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from rlserve.outputs import RequestOutput
+from rlserve.server.accumulate import PromptResult, Sample
+from rlserve.server.completions_format import results_usage, usage
+from rlserve.server.errors import APIError
+from rlserve.server.logprob_format import chat_logprobs, prompt_logprobs_entries
+from rlserve.server.protocol import ChatCompletionRequest
+from rlserve.server.state import ServerState
+from rlserve.server.tool_calls import ToolCallFormat, finish_reason
+
+
+def _text_content(message: dict[str, Any], position: int) -> dict[str, Any]:
+    """OpenAI content parts [{"type": "text", "text": ...}] -> one string."""
+    if not isinstance(message.get("role"), str):
+        raise APIError(400, f"messages[{position}] needs a string 'role'", param="messages")
+    content = message.get("content")
+    if not isinstance(content, list):
+        return message
+    texts = []
+    for part in content:
+        if not isinstance(part, dict) or part.get("type") != "text":
+            raise APIError(
+                400, f"messages[{position}]: only text content parts are supported", "messages"
+            )
+        texts.append(str(part.get("text", "")))
+    return {**message, "content": "".join(texts)}
+
+
+def render_prompt(state: ServerState, req: ChatCompletionRequest) -> tuple[str, list[int]]:
+    """Text and token ids of the conversation under the model's chat template (tools
+    included), tokenised the way `Engine.render_chat` does it."""
+    messages = [_text_content(m, i) for i, m in enumerate(req.messages)]
+    options = dict(req.chat_template_kwargs or {})
+    if req.continue_final_message:
+        options["continue_final_message"] = True
+    try:
+        text = state.tokenizer.apply_chat_template(
+            messages,
+            tools=req.tools,
+            tokenize=False,
+            add_generation_prompt=req.add_generation_prompt and not req.continue_final_message,
+            **options,
+        )
+    except Exception as exc:  # template errors come in many types (jinja, ValueError, ...)
+        raise APIError(400, f"cannot apply the chat template: {exc}", "messages") from exc
+    return text, state.tokenizer.encode(text, add_special_tokens=False)
+
+
+def echo_prefix(req: ChatCompletionRequest) -> str:
+    """vLLM's chat `echo`: repeat the final assistant message's content before the reply."""
+    last = req.messages[-1]
+    if req.echo and last.get("role") == "assistant" and isinstance(last.get("content"), str):
+        return last["content"]
+    return ""
+
+
+class ChatView:
+    """Turns engine results for one chat request into response dicts."""
+
+    def __init__(
+        self,
+        req: ChatCompletionRequest,
+        state: ServerState,
+        response_id: str,
+        prompt_ids: list[int],
+        tool_format: ToolCallFormat | None = None,
+    ) -> None:
+        self.req = req
+        self.tool_format = tool_format
+        self.render = functools.partial(
+            state.renderer.render, as_ids=req.return_tokens_as_token_ids
+        )
+        self.text_of = state.renderer.text
+        self.prefix = echo_prefix(req)
+        self.base = {
+            "id": response_id,
+            "object": "chat.completion",
+            "created": state.created,
+            "model": state.model_name,
+        }
+        self.prompt_ids = prompt_ids
+        self.completion_tokens = 0
+
+    def _logprobs(self, ids: list[int], lps: list[float], tops: Any) -> dict[str, Any] | None:
+        if not self.req.logprobs:
+            return None
+        return chat_logprobs(ids, lps, tops, self.req.top_logprobs or 0, self.render)
+
+    # ---- whole response -------------------------------------------------------------------
+
+    def response(self, result: PromptResult) -> dict[str, Any]:
+        body = {
+            **self.base,
+            "choices": [self.choice(s) for s in result.samples],
+            "usage": results_usage([result]),
+        }
+        if self.req.return_token_ids:
+            body["prompt_token_ids"] = result.prompt_token_ids
+        if self.req.prompt_logprobs is not None:
+            body["prompt_logprobs"] = prompt_logprobs_entries(
+                result.prompt_token_ids,
+                result.prompt_logprobs,
+                result.prompt_top_logprobs,
+                self.text_of,
+            )
+        return body
+
+    def choice(self, sample: Sample) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": sample.text}
+        reason = sample.finish_reason
+        if self.tool_format is not None:
+            message.update(self.tool_format.message(sample.text))
+            reason = finish_reason(reason, "tool_calls" in message)
+        if message["content"] is not None:
+            message["content"] = self.prefix + message["content"]
+        choice: dict[str, Any] = {
+            "index": sample.index,
+            "message": message,
+            "logprobs": self._logprobs(sample.token_ids, sample.logprobs, sample.top_logprobs),
+            "finish_reason": reason,
+            "stop_reason": sample.stop_reason,
+        }
+        if self.req.return_token_ids:
+            choice["token_ids"] = sample.token_ids
+        return choice
+
+    # ---- stream chunks --------------------------------------------------------------------
+
+    def _chunk(self, choice: dict[str, Any]) -> dict[str, Any]:
+        return {**self.base, "object": "chat.completion.chunk", "choices": [choice]}
+
+    def role_chunks(self, n: int) -> list[dict[str, Any]]:
+        """The opening chunk of every choice: the assistant role (and any echo); the first
+        also carries `prompt_token_ids` when asked for, as vLLM does."""
+        delta = {"role": "assistant", "content": self.prefix}
+        chunks = [
+            self._chunk({"index": i, "delta": delta, "logprobs": None, "finish_reason": None})
+            for i in range(n)
+        ]
+        if self.req.return_token_ids and chunks:
+            chunks[0]["prompt_token_ids"] = self.prompt_ids
+        return chunks
+
+    def chunks(self, delta: RequestOutput) -> list[dict[str, Any]]:
+        """One chunk per sample that progressed in this delta."""
+        chunks = []
+        for out in delta.outputs:
+            fields, reason = self._delta_fields(out.index, out.text, out.finish_reason)
+            choice: dict[str, Any] = {
+                "index": out.index,
+                "delta": fields,
+                "logprobs": self._logprobs(out.token_ids, out.logprobs, out.top_logprobs),
+                "finish_reason": reason,
+                "stop_reason": out.stop_reason,
+            }
+            if self.req.return_token_ids:
+                choice["token_ids"] = out.token_ids
+            self.completion_tokens += len(out.token_ids)
+            chunks.append(self._chunk(choice))
+        return chunks
+
+    def _delta_fields(
+        self, index: int, text: str, reason: str | None
+    ) -> tuple[dict[str, Any], str | None]:
+        if self.tool_format is None:
+            return ({"content": text} if text else {}), reason
+        fields = self.tool_format.delta(index, text, final=reason is not None)
+        return fields, finish_reason(reason, index in self.tool_format.made_calls)
+
+    def usage_chunk(self) -> dict[str, Any]:
+        return {
+            **self.base,
+            "object": "chat.completion.chunk",
+            "choices": [],
+            "usage": usage(len(self.prompt_ids), self.completion_tokens),
+        }

@@ -1,0 +1,135 @@
+"""`rlserve serve`: load an Engine and serve it over HTTP with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from rlserve.server.config import LOG_LEVELS, ServerConfig
+
+log = logging.getLogger("rlserve.server")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="rlserve serve",
+        description="Serve a model with OpenAI-compatible and RL endpoints.",
+    )
+    d = ServerConfig()
+    p.add_argument("--model", help="local Hugging Face checkpoint (default: the bundled model)")
+    p.add_argument("--host", default=d.host, help="bind address (default: %(default)s)")
+    p.add_argument("--port", type=int, default=d.port, help="(default: %(default)s)")
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=d.max_batch,
+        help="most sequences per engine step (default: %(default)s)",
+    )
+    p.add_argument(
+        "--flush-interval-ms",
+        type=float,
+        default=d.flush_interval_ms,
+        help="how long a request reaching an idle engine waits for companions "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=d.max_tokens,
+        help="default and limit of a request's max_tokens (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=d.max_queue,
+        help="sequences allowed to wait; more get 429 (default: %(default)s)",
+    )
+    p.add_argument("--adapter-path", help="PEFT LoRA adapter to load and serve by default")
+    p.add_argument("--adapter-name", help="its model id (default: the adapter folder's name)")
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--log-level", default=d.log_level, type=str.upper, choices=LOG_LEVELS)
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/* and /generate")
+    p.add_argument("--served-model-name", help="model id in /v1/models")
+    p.add_argument(
+        "--tool-call-parser",
+        default="hermes",
+        help="format of tool calls in chat replies, or 'none' (default: %(default)s)",
+    )
+    p.add_argument("--dtype", default="float32", help="engine dtype (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="engine device (default: %(default)s)")
+    p.add_argument("--max-model-len", type=int, help="context length (default: the model's)")
+    p.add_argument("--num-blocks", type=int, help="KV-cache blocks (default: from memory)")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    return ServerConfig(
+        model=args.model,
+        host=args.host,
+        port=args.port,
+        max_batch=args.max_batch,
+        flush_interval_ms=args.flush_interval_ms,
+        max_tokens=args.max_tokens,
+        max_queue=args.max_queue,
+        adapter_path=args.adapter_path,
+        adapter_name=args.adapter_name,
+        trust_remote_code=args.trust_remote_code,
+        log_level=args.log_level,
+        api_key=args.api_key,
+        served_model_name=args.served_model_name,
+        tool_call_parser=None if args.tool_call_parser == "none" else args.tool_call_parser,
+    )
+
+
+def load_engine(config: ServerConfig, args: argparse.Namespace) -> Any:
+    """The Engine for `config`, with the `--adapter-path` LoRA adapter loaded."""
+    from rlserve.engine import Engine
+
+    engine = Engine(
+        config.model,
+        dtype=args.dtype,
+        device=args.device,
+        max_num_seqs=config.max_batch,
+        max_model_len=args.max_model_len,
+        num_blocks=args.num_blocks,
+        trust_remote_code=config.trust_remote_code,
+    )
+    if config.adapter_path:
+        engine.load_lora(config.adapter_name, config.adapter_path)
+    return engine
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `rlserve serve [...]`; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(level=config.logging_level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        engine = load_engine(config, args)
+    except (ValueError, OSError) as exc:
+        log.error("cannot load the model: %s", exc)
+        return 2
+
+    import uvicorn
+
+    from rlserve.server.app import create_app
+
+    app = create_app(engine, config)
+    log.info("serving %s on http://%s:%d", engine.model_path, config.host, config.port)
+    uvicorn.run(
+        app,
+        host=config.host,
+        port=config.port,
+        log_level=config.log_level.lower(),
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,110 @@
+"""OpenAI's error JSON, `{"error": {"message", "type", "param", "code"}}`, for every failure."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from rlserve.server.engine_loop import EngineFailure, EngineUnavailable, Overloaded
+
+log = logging.getLogger(__name__)
+
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "service_unavailable",
+}
+
+
+class APIError(Exception):
+    """Raise in a handler to answer with OpenAI's error JSON."""
+
+    def __init__(
+        self, status: int, message: str, param: str | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+class ClientGone(Exception):
+    """The client disconnected before its response was ready (its requests are aborted)."""
+
+
+def error_body(status: int, message: str, param: str | None = None, code: Any = None) -> dict:
+    error_type = ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request")
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def error_response(
+    status: int, message: str, param: str | None = None, code: Any = None
+) -> JSONResponse:
+    headers = {"Retry-After": "1"} if status in (429, 503) else None
+    return JSONResponse(error_body(status, message, param, code), status, headers=headers)
+
+
+def validation_message(exc: ValidationError | RequestValidationError) -> tuple[str, str | None]:
+    """'field: problem; ...' and the first offending field, from a pydantic error."""
+    parts, first = [], None
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        first = first or (loc.split(".")[0] if loc else None)
+        parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
+    return "; ".join(parts) or "invalid request", first
+
+
+def value_error_param(message: str, fields: set[str]) -> str | None:
+    """The field a ValueError names first ('temperature must be >= 0' -> 'temperature')."""
+    word = message.split(" ", 1)[0].strip(":,")
+    return word if word in fields else None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every exception a request can raise onto a status and OpenAI's error JSON."""
+
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+        return error_response(exc.status, exc.message, exc.param, exc.code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = validation_message(exc)
+        return error_response(400, message, param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(ClientGone)
+    async def _gone(_: Request, exc: ClientGone) -> Response:
+        return Response(status_code=499)  # nobody reads it; nginx's "client closed request"
+
+    @app.exception_handler(Overloaded)
+    async def _overloaded(_: Request, exc: Overloaded) -> JSONResponse:
+        return error_response(429, str(exc), code="queue_full")
+
+    @app.exception_handler(EngineUnavailable)
+    async def _unavailable(_: Request, exc: EngineUnavailable) -> JSONResponse:
+        return error_response(503, str(exc))
+
+    @app.exception_handler(EngineFailure)
+    async def _failure(_: Request, exc: EngineFailure) -> JSONResponse:
+        return error_response(500, str(exc))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return error_response(500, f"internal server error: {exc!r}")

@@ -1,0 +1,201 @@
+"""OpenAI-compatible routes: `/v1/models`, `/v1/completions`, `/v1/chat/completions`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import fields
+from typing import Any, Protocol
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from rlserve.outputs import RequestOutput
+from rlserve.sampling_params import SamplingParams
+from rlserve.server.accumulate import collect
+from rlserve.server.chat_format import ChatView, render_prompt
+from rlserve.server.completions_format import CompletionView
+from rlserve.server.engine_loop import EngineFailure, EngineUnavailable
+from rlserve.server.errors import APIError, error_body
+from rlserve.server.http_utils import (
+    SSE_DONE,
+    SSE_HEADERS,
+    parse_body,
+    sse,
+    unless_disconnected,
+    wait_accepted,
+)
+from rlserve.server.protocol import ChatCompletionRequest, CompletionRequest, OpenAIFields
+from rlserve.server.request_group import Prompt, RequestGroup
+from rlserve.server.sampling import build_params
+from rlserve.server.state import ServerState, new_id
+from rlserve.server.tool_calls import ToolCallFormat, prompt_opens_thinking
+
+PARAM_FIELDS = {f.name for f in fields(SamplingParams)} | {"prompt", "messages"}
+
+
+class _StreamView(Protocol):
+    def usage_chunk(self) -> dict[str, Any]: ...
+
+
+def completion_prompts(prompt: Any) -> list[Prompt]:
+    """A completions `prompt` (text, token ids, or a list of either) -> engine prompts."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if not prompt:
+        raise APIError(400, "prompt must not be empty", param="prompt")
+    if all(isinstance(t, int) for t in prompt):
+        return [list(prompt)]
+    return list(prompt)
+
+
+def _include_usage(req: OpenAIFields) -> bool:
+    return bool(req.stream_options and req.stream_options.include_usage)
+
+
+async def _events(
+    group: RequestGroup,
+    to_chunks: Any,
+    view: _StreamView,
+    include_usage: bool,
+    opening: list[dict[str, Any]] | None = None,
+) -> AsyncIterator[str]:
+    """SSE body: opening chunks, one chunk per delta, usage, `[DONE]`. Leaving early
+    (client disconnect cancels this generator) aborts the group and frees its KV."""
+    try:
+        for chunk in opening or []:
+            yield sse(chunk)
+        async for index, delta in group:
+            for chunk in to_chunks(index, delta):
+                yield sse(chunk)
+        if include_usage:
+            yield sse(view.usage_chunk())
+        yield SSE_DONE
+    except (EngineFailure, EngineUnavailable) as exc:
+        status = 503 if isinstance(exc, EngineUnavailable) else 500
+        yield sse(error_body(status, str(exc), code=status))
+        yield SSE_DONE
+    finally:
+        group.abort()
+
+
+def _stream(body: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+def model_cards(state: ServerState) -> list[dict[str, Any]]:
+    """The base model, then one card per LoRA adapter (vLLM lists adapters the same way)."""
+    card = {
+        "id": state.model_name,
+        "object": "model",
+        "created": state.created,
+        "owned_by": "rlserve",
+        "root": state.model_path,
+        "parent": None,
+        "max_model_len": state.max_model_len,
+    }
+    adapters = [{**card, "id": name, "parent": state.model_name} for name in state.adapters()]
+    return [card, *adapters]
+
+
+def completion_params(state: ServerState, req: CompletionRequest) -> SamplingParams:
+    if req.suffix:
+        raise APIError(400, "suffix is not supported by rlserve", param="suffix")
+    echo_logprobs = None
+    if req.echo and req.logprobs is not None:
+        if req.stream:
+            raise APIError(400, "echo with logprobs cannot be streamed", param="echo")
+        echo_logprobs = max(req.logprobs, req.prompt_logprobs or 0)
+    return build_params(
+        req,
+        max_tokens=req.max_tokens,
+        default_max_tokens=state.config.max_tokens,
+        logprobs=req.logprobs,
+        max_logprobs=state.config.max_logprobs,
+        prompt_logprobs=echo_logprobs,
+    )
+
+
+def chat_params(state: ServerState, req: ChatCompletionRequest) -> SamplingParams:
+    response_format = (req.response_format or {}).get("type", "text")
+    if response_format != "text":
+        raise APIError(400, f"response_format {response_format!r} is not supported")
+    if req.top_logprobs and not req.logprobs:
+        raise APIError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
+    max_tokens = req.max_completion_tokens
+    return build_params(
+        req,
+        max_tokens=req.max_tokens if max_tokens is None else max_tokens,
+        default_max_tokens=state.config.max_tokens,
+        logprobs=(req.top_logprobs or 0) if req.logprobs else None,
+        max_logprobs=state.config.max_logprobs,
+    )
+
+
+def tool_format(
+    state: ServerState, req: ChatCompletionRequest, prompt_text: str
+) -> ToolCallFormat | None:
+    """Tool-call parsing for requests that offer tools (unless `tool_choice` is "none")."""
+    parser = state.config.tool_call_parser
+    if not parser or not req.tools or req.tool_choice == "none":
+        return None
+    return ToolCallFormat(parser, req.tools, prompt_opens_thinking(prompt_text))
+
+
+async def create_completion(state: ServerState, request: Request) -> Response:
+    """`POST /v1/completions`: JSON, or SSE when `stream`."""
+    req = await parse_body(request, CompletionRequest)
+    lora_name = state.resolve_model(req.model)
+    prompts = completion_prompts(req.prompt)
+    group = state.loop.submit(prompts, completion_params(state, req), lora_name)
+    await wait_accepted(group, PARAM_FIELDS)
+    view = CompletionView(req, state, prompts, new_id("cmpl"))
+    if req.stream:
+        return _stream(_events(group, view.chunks, view, _include_usage(req)))
+    results = await unless_disconnected(request, group, collect(group))
+    return JSONResponse(view.response(results))
+
+
+async def create_chat_completion(state: ServerState, request: Request) -> Response:
+    """`POST /v1/chat/completions`: JSON, or SSE when `stream`."""
+    req = await parse_body(request, ChatCompletionRequest)
+    lora_name = state.resolve_model(req.model)
+    params = chat_params(state, req)
+    prompt_text, prompt_ids = render_prompt(state, req)
+    group = state.loop.submit([prompt_ids], params, lora_name)
+    await wait_accepted(group, PARAM_FIELDS)
+    tools = tool_format(state, req, prompt_text)
+    view = ChatView(req, state, new_id("chatcmpl"), prompt_ids, tools)
+    if req.stream:
+
+        def to_chunks(_: int, delta: RequestOutput) -> list[dict[str, Any]]:
+            return view.chunks(delta)
+
+        opening = view.role_chunks(req.n)
+        return _stream(_events(group, to_chunks, view, _include_usage(req), opening))
+    results = await unless_disconnected(request, group, collect(group))
+    return JSONResponse(view.response(results[0]))
+
+
+def openai_router(state: ServerState) -> APIRouter:
+    """The OpenAI-compatible routes bound to `state`."""
+    router = APIRouter()
+
+    @router.get("/v1/models")
+    async def list_models() -> Response:
+        return JSONResponse({"object": "list", "data": model_cards(state)})
+
+    @router.get("/v1/models/{model_id:path}")
+    async def retrieve_model(model_id: str) -> Response:
+        state.resolve_model(model_id)  # 404 for unknown ids
+        cards = model_cards(state)
+        return JSONResponse(next(c for c in cards if model_id in (c["id"], c["root"])))
+
+    @router.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await create_completion(state, request)
+
+    @router.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await create_chat_completion(state, request)
+
+    return router

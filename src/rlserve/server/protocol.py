@@ -1,0 +1,102 @@
+"""Request bodies: OpenAI's fields, vLLM's extra fields, and rlserve's `/generate`.
+
+Types are checked here (wrong type -> 400 naming the field); value ranges are checked
+by `SamplingParams`, so the server and the in-process engine refuse the same things.
+Unknown fields are ignored, as vLLM does, so any OpenAI SDK version can talk to us.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+    continuous_usage_stats: bool = False
+
+
+class SamplingFields(_Body):
+    """Sampling fields common to every endpoint (OpenAI + vLLM names)."""
+
+    n: int = 1
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    max_tokens: int | None = None
+    min_tokens: int = 0
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool = False
+    seed: int | None = None
+    skip_special_tokens: bool = True
+    include_stop_str_in_output: bool = False
+    prompt_logprobs: int | None = None
+    # Known but unsupported: accepted only at their neutral values.
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    best_of: int | None = None
+    use_beam_search: bool = False
+
+
+class OpenAIFields(SamplingFields):
+    model: str | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    return_tokens_as_token_ids: bool = False
+    return_token_ids: bool = False
+
+
+Prompt = str | list[str] | list[int] | list[list[int]]
+
+
+class CompletionRequest(OpenAIFields):
+    """`POST /v1/completions`."""
+
+    prompt: Prompt
+    logprobs: int | None = None
+    echo: bool = False
+    suffix: str | None = None
+
+
+class ChatCompletionRequest(OpenAIFields):
+    """`POST /v1/chat/completions`."""
+
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    max_completion_tokens: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: dict[str, Any] | None = None
+    echo: bool = False
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    chat_template_kwargs: dict[str, Any] | None = None
+
+
+class GenerateRequest(SamplingFields):
+    """rlserve's `POST /generate` (seed 002): one prompt, a list, or token ids.
+
+    `logprobs` of the sampled tokens are always returned; `logprobs=k` (k >= 1) also
+    returns the k most likely alternatives per token as `top_logprobs`.
+    """
+
+    prompt: str | list[str] | None = None
+    input_ids: list[int] | list[list[int]] | None = None
+    model: str | None = None
+    temperature: float | None = 1.0
+    logprobs: int | None = None
+    policy_version: int | None = None
+    step_id: int | None = None
+    request_id: str | None = None

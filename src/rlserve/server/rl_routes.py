@@ -1,0 +1,127 @@
+"""rlserve's RL endpoint `POST /generate` (seed 002's request and response fields)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import fields
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from rlserve.sampling_params import SamplingParams
+from rlserve.server.accumulate import PromptResult, Sample, collect
+from rlserve.server.errors import APIError
+from rlserve.server.http_utils import parse_body, unless_disconnected, wait_accepted
+from rlserve.server.logprob_format import clamp
+from rlserve.server.protocol import GenerateRequest
+from rlserve.server.request_group import Prompt
+from rlserve.server.sampling import build_params
+from rlserve.server.state import ServerState, new_id
+
+PARAM_FIELDS = {f.name for f in fields(SamplingParams)} | {"prompt", "input_ids"}
+
+
+def rl_prompts(req: GenerateRequest) -> tuple[list[Prompt], bool]:
+    """Engine prompts, and whether the caller sent a list (answered with `results`)."""
+    if (req.prompt is None) == (req.input_ids is None):
+        raise APIError(400, "give exactly one of prompt or input_ids", param="prompt")
+    value: Any = req.prompt if req.prompt is not None else req.input_ids
+    name = "prompt" if req.prompt is not None else "input_ids"
+    if isinstance(value, str):
+        return [value], False
+    if not value:
+        raise APIError(400, f"{name} must not be empty", param=name)
+    if all(isinstance(t, int) for t in value):
+        return [list(value)], False
+    return list(value), True
+
+
+def top_logprobs_k(req: GenerateRequest) -> int | None:
+    """`logprobs: k` (k >= 1) asks for k alternatives; the sampled token's logprob is
+    always returned, so 0/None add nothing."""
+    k = req.logprobs
+    return k if k else None
+
+
+def _item(result: PromptResult, sample: Sample, with_top: bool) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "prompt_ids": result.prompt_token_ids,
+        "completion_ids": sample.token_ids,
+        "text": sample.text,
+        "logprobs": [clamp(lp) for lp in sample.logprobs],
+        "finish_reason": sample.finish_reason,
+        "stop_reason": sample.stop_reason,
+        "sampling_logprobs": [clamp(lp) for lp in sample.sampling_logprobs],
+        "weight_versions": sample.weight_versions,
+    }
+    if with_top:
+        item["top_logprobs"] = [
+            [[token_id, clamp(lp)] for token_id, lp in sorted(top.items(), key=lambda kv: -kv[1])]
+            for top in sample.top_logprobs
+        ]
+    return item
+
+
+def _items(results: list[PromptResult], many: bool, with_top: bool) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    for p, result in enumerate(results):
+        for sample in result.samples:
+            item = _item(result, sample, with_top)
+            if many:
+                item = {
+                    "index": len(items),
+                    "prompt_index": p,
+                    "sample_index": sample.index,
+                    **item,
+                }
+            items.append(item)
+    return items
+
+
+async def generate(state: ServerState, request: Request) -> Response:
+    """`POST /generate`: seed 002's response, or `results` for a list of prompts / n > 1."""
+    start = time.perf_counter()
+    req = await parse_body(request, GenerateRequest)
+    lora_name = state.resolve_model(req.model)
+    prompts, grouped = rl_prompts(req)
+    k = top_logprobs_k(req)
+    params = build_params(
+        req,
+        max_tokens=req.max_tokens,
+        default_max_tokens=state.config.max_tokens,
+        logprobs=k,
+        max_logprobs=state.config.max_logprobs,
+    )
+    group = state.loop.submit(prompts, params, lora_name)
+    await wait_accepted(group, PARAM_FIELDS)
+    results = await unless_disconnected(request, group, collect(group))
+    current = state.policy_version
+    body: dict[str, Any] = {
+        "request_id": req.request_id or new_id("gen"),
+        "policy_version": current if req.policy_version is None else req.policy_version,
+        "step_id": req.step_id,
+    }
+    many = grouped or params.n > 1
+    items = _items(results, many, with_top=k is not None)
+    if many:
+        body["results"] = items
+    else:
+        body.update(items[0])
+    body["metadata"] = {
+        "batch_size": group.max_batch_size,
+        "latency_ms": round((time.perf_counter() - start) * 1000.0, 3),
+        "current_policy_version": current,
+    }
+    return JSONResponse(body)
+
+
+def rl_router(state: ServerState) -> APIRouter:
+    """`POST /generate` bound to `state`."""
+    router = APIRouter()
+
+    @router.post("/generate")
+    async def generate_route(request: Request) -> Response:
+        return await generate(state, request)
+
+    return router

@@ -1,0 +1,63 @@
+"""What every route needs: settings, the engine loop, a tokenizer, metrics."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from rlserve.server.config import ServerConfig
+from rlserve.server.engine_loop import EngineLoop
+from rlserve.server.errors import APIError
+from rlserve.server.logprob_format import TokenRenderer
+from rlserve.server.metrics import ServerMetrics
+
+
+@dataclass
+class ServerState:
+    """Shared by the routes. `tokenizer` is the server's own copy (never the engine's,
+    which belongs to the engine thread): chat templates, echo text, logprob tokens."""
+
+    config: ServerConfig
+    loop: EngineLoop
+    tokenizer: Any
+    renderer: TokenRenderer
+    model_name: str
+    model_path: str
+    max_model_len: int
+    metrics: ServerMetrics
+    default_adapter: str | None = None
+    created: int = 0
+
+    def __post_init__(self) -> None:
+        self.created = self.created or int(time.time())
+
+    def adapters(self) -> list[str]:
+        """Names of the LoRA adapters the engine holds (each served as a model id)."""
+        return sorted(getattr(self.loop.engine, "adapters", None) or {})
+
+    def resolve_model(self, name: str | None) -> str | None:
+        """The LoRA adapter a request's `model` selects (None: the base weights); 404 for
+        a model this server does not serve. No model means the default adapter, if any."""
+        if name is None:
+            return self.default_adapter
+        if name in (self.model_name, self.model_path):
+            return None
+        if name in self.adapters():
+            return name
+        served = ", ".join(repr(m) for m in [self.model_name, *self.adapters()])
+        raise APIError(
+            404,
+            f"model {name!r} does not exist; this server serves {served}",
+            param="model",
+            code="model_not_found",
+        )
+
+    @property
+    def policy_version(self) -> int:
+        return int(self.loop.stats().get("policy_version", 0))
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"

@@ -1,0 +1,200 @@
+"""What the clients send and how they parse answers, against a real tiny HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from rlserve.client import (
+    TRAIN_KEY,
+    TRAINING_EXTRA_BODY,
+    APIStatusError,
+    AsyncClient,
+    Client,
+    WeightSyncController,
+)
+from rlserve.client.payloads import PreparedCall
+from tests.conftest_server import FakeHTTPServer, Recorded
+
+COMPLETION = {
+    "id": "cmpl-1",
+    "object": "text_completion",
+    "choices": [
+        {
+            "index": 0,
+            "text": "ab",
+            "finish_reason": "length",
+            "logprobs": {"tokens": ["token_id:5", "token_id:6"], "token_logprobs": [-1.0, -2.0]},
+        }
+    ],
+}
+CHAT = {
+    "object": "chat.completion",
+    "prompt_token_ids": [1, 2],
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "ok"},
+            "token_ids": [9],
+            "finish_reason": "stop",
+            "logprobs": {"content": [{"token": "token_id:9", "logprob": -0.5}]},
+        }
+    ],
+}
+SSE = (
+    'data: {"choices": [{"index": 0, "text": "a"}]}\n\n'
+    ": keep-alive comment\n\n"
+    'data: {"choices": [{"index": 0, "text": "b"}]}\n\n'
+    "data: [DONE]\n\n"
+)
+
+
+def _handler(req: Recorded, n: int):
+    if req.path == "/v1/models":
+        return 200, {"object": "list", "data": [{"id": "tiny", "object": "model"}]}, {}
+    if req.path == "/v1/completions":
+        return 200, (SSE if req.body.get("stream") else COMPLETION), {}
+    if req.path == "/v1/chat/completions":
+        return 200, CHAT, {}
+    if req.path == "/generate":
+        return 200, {"prompt_ids": [1], "completion_ids": [2], "logprobs": [-0.1]}, {}
+    if req.path == "/metrics":
+        if "text/plain" in req.headers.get("Accept", ""):
+            return 200, "rlserve_x 1\n", {"content-type": "text/plain"}
+        return 200, {"queue_depth": 0}, {}
+    return 404, {"error": {"message": f"no route {req.path}", "type": "NotFound"}}, {}
+
+
+@pytest.fixture
+def fake():
+    server = FakeHTTPServer(_handler)
+    yield server
+    server.close()
+
+
+def test_completion_sends_training_fields_and_resolves_model(fake: FakeHTTPServer) -> None:
+    with Client(fake.url + "/v1/", api_key="sk-test") as client:
+        resp = client.completion("hi", max_tokens=2, temperature=0.5)
+    models_req, comp_req = fake.requests
+    assert models_req.path == "/v1/models"
+    assert comp_req.headers["Authorization"] == "Bearer sk-test"
+    body = comp_req.body
+    assert body["model"] == "tiny" and body["prompt"] == "hi" and body["logprobs"] == 1
+    assert body["max_tokens"] == 2 and body["temperature"] == 0.5
+    for key, value in TRAINING_EXTRA_BODY.items():
+        assert body[key] == value
+    assert resp[TRAIN_KEY]["response_tokens"] == [5, 6]
+    assert resp[TRAIN_KEY]["response_logprobs"] == [-1.0, -2.0]
+
+
+def test_openai_style_create_passes_through(fake: FakeHTTPServer) -> None:
+    with Client(fake.url, model="m") as client:
+        resp = client.chat.completions.create(
+            messages=[{"role": "user", "content": "x"}],
+            max_tokens=3,
+            extra_body={"top_k": 5},
+            extra_headers={"X-Trace": "1"},
+        )
+        client.completions.create(model="other", prompt=[1, 2, 3])
+    chat_req, comp_req = fake.requests
+    assert chat_req.body == {
+        "model": "m",
+        "messages": [{"role": "user", "content": "x"}],
+        "max_tokens": 3,
+        "top_k": 5,
+        "return_token_ids": True,
+    }
+    assert chat_req.headers["X-Trace"] == "1"
+    assert comp_req.body["model"] == "other" and "logprobs" not in comp_req.body
+    assert resp[TRAIN_KEY] == {
+        "prompt_tokens": [1, 2],
+        "response_tokens": [9],
+        "response_logprobs": [-0.5],
+        "finish_reason": "stop",
+        "samples": resp[TRAIN_KEY]["samples"],
+    }
+
+
+def test_generate_rl_and_metrics(fake: FakeHTTPServer) -> None:
+    with Client(fake.url) as client:
+        resp = client.generate_rl(input_ids=[1], policy_version=3, step_id=7)
+        assert client.metrics() == {"queue_depth": 0}
+        assert client.metrics(prometheus=True) == "rlserve_x 1\n"
+    assert fake.requests[0].body == {"input_ids": [1], "policy_version": 3, "step_id": 7}
+    assert resp[TRAIN_KEY]["response_tokens"] == [2]
+
+
+def test_streaming_sync_and_async(fake: FakeHTTPServer) -> None:
+    with Client(fake.url, model="m") as client:
+        stream = client.completions.create(prompt="x", stream=True)
+        texts = [c["choices"][0]["text"] for c in stream]
+    assert texts == ["a", "b"]
+
+    async def go() -> list[str]:
+        async with AsyncClient(fake.url, model="m") as client:
+            stream = await client.completions.create(prompt="x", stream=True)
+            return [c["choices"][0]["text"] async for c in stream]
+
+    assert asyncio.run(go()) == ["a", "b"]
+
+
+def test_async_chat_generate(fake: FakeHTTPServer) -> None:
+    async def go() -> dict:
+        async with AsyncClient(fake.url, model="m") as client:
+            return await client.generate([{"role": "user", "content": "x"}])
+
+    resp = asyncio.run(go())
+    assert fake.requests[0].body["logprobs"] is True
+    assert resp[TRAIN_KEY]["response_tokens"] == [9]
+
+
+def test_error_json_is_parsed(fake: FakeHTTPServer) -> None:
+    with Client(fake.url, max_retries=0) as client, pytest.raises(APIStatusError) as err:
+        client._json(PreparedCall("/x", {}))
+    assert err.value.status_code == 404 and err.value.message == "no route /x"
+
+
+def test_import_does_not_pull_torch_or_rest_of_rlserve() -> None:
+    code = (
+        "import sys, json, rlserve.client; "
+        "mods = [m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'transformers'))"
+        " or (m.startswith('rlserve.') and not m.startswith('rlserve.client'))]; "
+        "print(json.dumps(mods))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == []
+
+
+def test_calls_wait_for_a_weight_sync(fake: FakeHTTPServer) -> None:
+    controller = WeightSyncController()
+    controller.begin_sync("policy")
+    client = Client(fake.url, model="m", weight_sync=controller, model_tag="policy")
+    worker = threading.Thread(target=client.generate_rl, args=("hi",), daemon=True)
+    worker.start()
+    try:
+        time.sleep(0.2)
+        assert fake.requests == []  # frozen while the sync runs
+        client.metrics()  # health, metrics and models are not inference: never frozen
+    finally:  # a failure above must not leave the worker frozen forever
+        controller.end_sync("policy", version=4)
+    worker.join(timeout=10)
+    assert [r.path for r in fake.requests] == ["/metrics", "/generate"]
+
+    async def go() -> None:
+        async with AsyncClient(fake.url, model="m") as aclient:
+            aclient.set_weight_sync_controller(controller, "policy")
+            with controller.syncing("policy"):
+                task = asyncio.create_task(aclient.completion("x"))
+                await asyncio.sleep(0.1)
+                assert len(fake.requests) == 2
+            await task
+
+    asyncio.run(go())
+    assert fake.requests[-1].path == "/v1/completions"
+    client.close()

@@ -1,0 +1,52 @@
+"""hf_tokenizer / apply_chat_template on a tiny tokenizer built in the test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rlserve.client import Client, apply_chat_template, hf_tokenizer
+
+TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+    "{% if tools %}<tools>{{ tools | length }}{% endif %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, "<eos>": 1, "hi": 2, "there": 3}
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<eos>", unk_token="[UNK]")
+    tok.chat_template = TEMPLATE
+    path = tmp_path_factory.mktemp("tok")
+    tok.save_pretrained(path)
+    return path
+
+
+def test_hf_tokenizer_sets_pad_to_eos(tokenizer_dir: Path) -> None:
+    tok = hf_tokenizer(str(tokenizer_dir))
+    assert tok.pad_token == "<eos>" and tok.pad_token_id == tok.eos_token_id == 1
+
+
+def test_apply_chat_template_text_tools_and_ids(tokenizer_dir: Path) -> None:
+    tok = hf_tokenizer(str(tokenizer_dir))
+    messages = [{"role": "user", "content": "hi there"}]
+    assert apply_chat_template(tok, messages) == "<user>hi there<assistant>"
+    tool = {"type": "function", "function": {"name": "calc", "parameters": {}}}
+    assert apply_chat_template(tok, messages, tools=[tool]) == "<user>hi there<tools>1<assistant>"
+    ids = apply_chat_template(tok, messages, tokenize=True)
+    assert isinstance(ids, list) and all(isinstance(i, int) for i in ids)
+    with Client("http://127.0.0.1:9", tokenizer=str(tokenizer_dir)) as client:
+        assert client.apply_chat_template(messages) == "<user>hi there<assistant>"
+
+
+def test_client_without_tokenizer_says_so() -> None:
+    with Client("http://127.0.0.1:9") as client, pytest.raises(ValueError, match="tokenizer"):
+        client.apply_chat_template([{"role": "user", "content": "x"}])
