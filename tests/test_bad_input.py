@@ -34,8 +34,10 @@ def test_over_long_prompt_names_both_lengths(qwen3):
 
 
 def test_bad_prompts(qwen3):
-    for prompt, message in [([], "non-empty|empty"), ("", "empty"), ([1, 10**6], "vocabulary"),
-                            ([1, -1], "vocabulary"), (3.5, "prompt"), ([[1], 2.5], "prompt"), ([True, 2], "prompt")]:
+    cases = [([], "non-empty|empty"), ("", "empty"), ([1, 10**6], "vocabulary"),
+             ([1, -1], "vocabulary"), (3.5, "prompt"), ([[1], 2.5], "prompt"),
+             ([True, 2], "prompt")]
+    for prompt, message in cases:
         with pytest.raises(ValueError, match=message):
             qwen3.generate(prompt, SamplingParams(max_tokens=1))
 

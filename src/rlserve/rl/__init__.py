@@ -1,1 +1,29 @@
-"""rl layer (see DESIGN.md)."""
+"""rl layer (see DESIGN.md): multi-turn trajectories with loss masks for RL training.
+
+`rollout` / `rollout_batch` run conversations with tools (or tool-integrated reasoning
+with a code sandbox) through an `Engine` or a `Client`, token in and token out, and
+return `Trajectory` objects: prompt and completion ids, aligned logprobs, loss mask,
+weight versions and segments.
+"""
+
+from rlserve.rl.chat_turns import TemplateError
+from rlserve.rl.generators import ClientGenerator, EngineGenerator, Sample, TokenGenerator
+from rlserve.rl.rollout import RolloutConfig, rollout, rollout_batch
+from rlserve.rl.tir import TIRConfig
+from rlserve.rl.tool_calls import ToolError
+from rlserve.rl.trajectory import Segment, Trajectory
+
+__all__ = [
+    "ClientGenerator",
+    "EngineGenerator",
+    "RolloutConfig",
+    "Sample",
+    "Segment",
+    "TIRConfig",
+    "TemplateError",
+    "TokenGenerator",
+    "ToolError",
+    "Trajectory",
+    "rollout",
+    "rollout_batch",
+]

@@ -1,0 +1,95 @@
+"""The TIR rollout mode: generate until the end marker, run the code, append its output,
+and continue the same assistant turn (no chat-template turn boundary)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from rlserve.rl.chat_turns import Insert
+from rlserve.rl.generators import Sample
+from rlserve.rl.modes import Continuation, sampled_text
+from rlserve.rl.tir import (
+    TIRConfig,
+    code_to_run,
+    extract_code,
+    format_output,
+    missing_code_message,
+    output_block,
+)
+from rlserve.rl.tokens import encode, encode_with_offsets, label_tokens
+from rlserve.rl.trajectory import Trajectory
+from rlserve.sampling_params import SamplingParams
+from rlserve.sandbox import Sandbox
+
+
+@dataclass
+class CodeRun:
+    """The model's code (None: it wrote the end marker without a begin marker)."""
+
+    code: str | None
+
+
+@dataclass
+class CodeOutput:
+    """What the run printed, formatted for the model; or why the sandbox failed."""
+
+    text: str = ""
+    infra_error: str | None = None
+
+
+class TIRMode:
+    """One assistant turn interleaving generation and sandboxed code runs. The end
+    marker stops generation: as a stop token id when it is one token, else as a stop
+    string (kept in the output)."""
+
+    def __init__(self, tokenizer: Any, config: TIRConfig, sandbox: Sandbox) -> None:
+        self.tokenizer = tokenizer
+        self.config = config
+        self.sandbox = sandbox
+        end_ids = encode(tokenizer, config.end)
+        self.end_id = end_ids[0] if len(end_ids) == 1 else None
+
+    def turn_params(self, params: SamplingParams) -> SamplingParams:
+        if self.end_id is not None:
+            return replace(params, stop_token_ids=[*params.stop_token_ids, self.end_id])
+        return replace(params, stop=[*params.stop, self.config.end],
+                       include_stop_str_in_output=True)
+
+    def after_generation(self, traj: Trajectory, sample: Sample) -> CodeRun | None:
+        at_marker = self._stopped_at_marker(sample)
+        text = sampled_text(self.tokenizer, sample, keep_last=at_marker)
+        if traj.num_turns == 1:  # the first round opens the assistant turn
+            traj.messages.append({"role": "assistant", "content": ""})
+            traj.template_messages.append({"role": "assistant", "content": ""})
+        traj.messages[-1]["content"] += text
+        traj.template_messages[-1]["content"] += text
+        return CodeRun(extract_code(text, self.config)) if at_marker else None
+
+    def execute(self, plan: CodeRun) -> CodeOutput:
+        if plan.code is None:
+            return CodeOutput(missing_code_message(self.config))
+        result = self.sandbox.run(code_to_run(plan.code, self.config),
+                                  timeout=self.config.timeout_s)
+        if result.status == "sandbox_error":
+            return CodeOutput(infra_error=f"sandbox error: {result.stderr.strip()}")
+        return CodeOutput(format_output(result, self.config))
+
+    def continuation(self, traj: Trajectory, plan: CodeRun, outcome: CodeOutput) -> Continuation:
+        if outcome.infra_error is not None:
+            return Continuation(infra_error=outcome.infra_error)
+        block = output_block(outcome.text)
+        # The block follows the end marker, a token boundary, so tokenising it alone
+        # matches its in-context tokenisation whenever the marker is a single token.
+        ids, offsets = encode_with_offsets(self.tokenizer, block)
+        kinds = label_tokens(block, offsets, len(ids), [outcome.text])
+        return Continuation(Insert(ids, kinds), text=block)
+
+    def accept(self, traj: Trajectory, cont: Continuation) -> None:
+        traj.messages[-1]["content"] += cont.text
+        traj.template_messages[-1]["content"] += cont.text
+
+    def _stopped_at_marker(self, sample: Sample) -> bool:
+        if sample.finish_reason != "stop" or sample.stop_reason is None:
+            return False
+        return sample.stop_reason in (self.config.end, self.end_id)

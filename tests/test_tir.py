@@ -1,0 +1,173 @@
+"""Tool-integrated reasoning: code between markers runs in the sandbox, its output is
+appended as a fenced block, and generation continues in the same assistant turn."""
+
+from __future__ import annotations
+
+import pytest
+
+from rlserve import SamplingParams
+from rlserve.rl import TIRConfig, rollout, rollout_batch
+from rlserve.rl.tir import (
+    extract_code,
+    format_output,
+    output_block,
+    show_last_expression,
+    strip_fence,
+    truncate,
+)
+from rlserve.sandbox import Sandbox, SandboxResult
+from tests.test_rollout import (
+    CALCULATOR,
+    QUESTION,
+    ScriptedPolicy,
+    assert_matches_fresh_render,
+    check_consistent,
+)
+
+TIR = TIRConfig()
+PROBLEM = [{"role": "user", "content": "What is the sum of 1..9?"}]
+CODE_REPLY = "Let me check.<tool_call>\n```python\nprint(sum(range(10)))\n```\n</tool_call>"
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    with Sandbox() as box:
+        yield box
+
+
+def after_output(*replies: str):
+    """Reply i after i output blocks."""
+    return lambda prompt: replies[min(prompt.count("```output"), len(replies) - 1)]
+
+
+# ---- the pure parts ----------------------------------------------------------------------
+
+
+def test_extract_code_takes_the_last_block_and_strips_fences():
+    assert extract_code(CODE_REPLY, TIR) == "print(sum(range(10)))"
+    text = "<tool_call>x = 1</tool_call> more <tool_call>\n    y = 2\n    print(y)\n</tool_call>"
+    assert extract_code(text, TIR) == "y = 2\nprint(y)"
+    assert extract_code("no code here", TIR) is None
+    assert extract_code("just an end</tool_call>", TIR) is None
+    custom = TIRConfig(begin="```python", end="```\n")
+    assert extract_code("Compute:\n```python\nprint(2)\n```\n", custom) == "print(2)"
+    assert strip_fence("\n```py\nprint(1)\n```\n") == "print(1)"
+    assert strip_fence("\nprint(1)\n\n") == "print(1)"
+
+
+@pytest.mark.parametrize(("code", "shown"), [
+    ("1 + 2", True),
+    ("x = 3\nx * 2", True),
+    ("x = 3; x", True),
+    ("(1 +\n 2)  # comment", True),
+    ("x = 3", False),
+    ("print(1)\nNone", True),
+    ("def f(:", False),
+])
+def test_show_last_expression(code, shown):
+    wrapped = show_last_expression(code)
+    assert (wrapped != code) == shown
+    if shown:
+        compile(wrapped, "<cell>", "exec")
+
+
+def test_show_last_expression_runs_like_a_notebook(sandbox):
+    out = sandbox.run(show_last_expression("x = 6\nx * 7"), timeout=5)
+    assert out.stdout == "42\n"
+    out = sandbox.run(show_last_expression("print('a')\nNone"), timeout=5)
+    assert out.stdout == "a\n"
+
+
+def test_format_output_and_block():
+    ok = SandboxResult("completed", stdout="45\n")
+    assert format_output(ok, TIR) == "45\n"
+    err = SandboxResult("error", stdout="1\n", stderr="Traceback...\nZeroDivisionError\n")
+    assert format_output(err, TIR) == "1\nTraceback...\nZeroDivisionError\n"
+    slow = SandboxResult("timeout", stdout="")
+    assert "TimeoutError" in format_output(slow, TIR)
+    assert output_block("45\n") == "\n```output\n45\n```\n"
+    assert output_block("45") == "\n```output\n45\n```\n"
+    assert output_block("") == "\n```output\n```\n"
+    long = truncate("a" * 100 + "b" * 100, 60)
+    assert len(long) <= 60 and long.startswith("a") and long.endswith("b")
+    with pytest.raises(ValueError, match="begin"):
+        TIRConfig(begin="")
+
+
+# ---- rollouts with a scripted policy and the real sandbox ----------------------------------
+
+
+def test_scripted_tir_rollout_appends_output_in_the_same_turn(bundled, sandbox):
+    tok = bundled.tokenizer
+    policy = ScriptedPolicy(tok, after_output(CODE_REPLY, "So the sum is 45."))
+    traj = rollout(policy, PROBLEM, max_assistant_turns=4, tir=TIR, sandbox=sandbox)
+    assert traj.finish_reason == "stop" and not traj.infra_error and traj.num_turns == 2
+    check_consistent(traj)
+    kinds = [s.kind for s in traj.segments]
+    assert kinds == ["model", "template", "tool", "template", "model"]
+    text = tok.decode(traj.completion_ids)
+    assert text == CODE_REPLY + "\n```output\n45\n```\nSo the sum is 45.<|im_end|>"
+    tool = next(s for s in traj.segments if s.kind == "tool")
+    assert tok.decode(traj.completion_ids[tool.start:tool.end]).strip() == "45"
+    # One assistant message holds the whole turn; rendering it gives the stream back.
+    assert traj.messages[-1] == {"role": "assistant", "content": text[:-len("<|im_end|>")]}
+    assert_matches_fresh_render(tok, traj, traj.messages, None)
+
+
+def test_tir_errors_are_shown_to_the_model(bundled, sandbox):
+    reply = "<tool_call>\nprint(1 / 0)\n</tool_call>"
+    policy = ScriptedPolicy(bundled.tokenizer, after_output(reply, "Oops."))
+    traj = rollout(policy, PROBLEM, max_assistant_turns=4, tir=TIR, sandbox=sandbox)
+    assert not traj.infra_error and traj.finish_reason == "stop"
+    assert "ZeroDivisionError" in traj.messages[-1]["content"]
+    lone_end = ScriptedPolicy(bundled.tokenizer, after_output("oops</tool_call>", "Hm."))
+    traj = rollout(lone_end, PROBLEM, max_assistant_turns=4, tir=TIR, sandbox=sandbox)
+    assert "Error: no code found" in traj.messages[-1]["content"]
+
+
+def test_tir_sandbox_failure_is_an_infra_error(bundled):
+    class BrokenSandbox:
+        def run(self, code: str, timeout: float | None = None) -> SandboxResult:
+            return SandboxResult("sandbox_error", stderr="could not start the interpreter")
+
+    policy = ScriptedPolicy(bundled.tokenizer, after_output(CODE_REPLY, "done"))
+    traj = rollout(policy, PROBLEM, max_assistant_turns=4, tir=TIR, sandbox=BrokenSandbox())
+    assert traj.infra_error and traj.finish_reason == "infra_error"
+    assert "could not start" in traj.error
+    assert [s.kind for s in traj.segments] == ["model"]
+
+
+def test_tir_max_turns_and_group_rounds(bundled, sandbox):
+    policy = ScriptedPolicy(bundled.tokenizer, after_output(CODE_REPLY))
+    group = rollout_batch(policy, [PROBLEM] * 4, max_assistant_turns=3, tir=TIR,
+                          sandbox=sandbox)
+    assert policy.rounds == [4, 4, 4]
+    for traj in group:
+        assert traj.finish_reason == "max_turns" and traj.num_turns == 3
+        assert traj.messages[-1]["content"].count("```output") == 2
+    with pytest.raises(ValueError, match="sandbox"):
+        rollout(policy, PROBLEM, tool_executors={"f": print}, tir=TIR, sandbox=sandbox)
+
+
+# ---- the bundled model ---------------------------------------------------------------------
+
+
+def test_bundled_tir_rollout(bundled, sandbox):
+    """The bundled model writes `<tool_call>{json}</tool_call>`: as Python that is a dict
+    expression, which the notebook-style last-expression display prints back; the output
+    block follows inside the same assistant turn and generation continues after it."""
+    params = SamplingParams(temperature=0, max_tokens=24)
+    traj = rollout(bundled, QUESTION, [CALCULATOR], None, 2, params, tir=TIR, sandbox=sandbox)
+    tok = bundled.tokenizer
+    assert not traj.infra_error and traj.num_turns == 2
+    check_consistent(traj)
+    assert [s.kind for s in traj.segments][:2] == ["model", "template"]
+    assert traj.segments[-1].kind == "model"
+    first = traj.segments[0]
+    assert tok.decode(traj.completion_ids[first.start:first.end]).endswith("</tool_call>")
+    tool_text = "".join(tok.decode(traj.completion_ids[s.start:s.end])
+                        for s in traj.segments if s.kind == "tool")
+    assert "'name': 'calculator'" in tool_text and "347 * 29" in tool_text
+    scored = bundled.score(traj.prompt_ids, traj.completion_ids, temperature=1.0)
+    for lp, ref, mask in zip(traj.logprobs, scored, traj.loss_mask, strict=True):
+        assert mask == 0 or abs(lp - ref) <= 1e-5
