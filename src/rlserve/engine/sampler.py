@@ -52,8 +52,11 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
     logprobs = torch.log_softmax(scaled, dim=-1)
     processed = _truncate(_ban(scaled, rows), rows)
     sampling_logprobs = torch.log_softmax(processed, dim=-1)
-    greedy = torch.tensor([r.temperature == 0 for r in rows], device=logits.device)
-    chosen = torch.where(greedy, processed.argmax(dim=-1), _inverse_cdf(sampling_logprobs, rows))
+    chosen = processed.argmax(dim=-1)
+    sampled = [i for i, r in enumerate(rows) if r.temperature > 0]
+    if sampled:
+        idx = torch.tensor(sampled, device=logits.device)
+        chosen[idx] = _inverse_cdf(sampling_logprobs[idx], [rows[i] for i in sampled])
     picked = chosen[:, None]
     top = _top_logprobs(logprobs, rows)
     return SamplerOutput(
