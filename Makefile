@@ -1,13 +1,14 @@
 # One-command set-up: every target creates .venv when missing and installs into it.
 PY := .venv/bin/python
 TORCH_PIN := torch==2.13.0
+# The local CPU wheel, where this machine has one (an unpinned torch pulls GBs of CUDA).
+WHEELS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
 
 .PHONY: install test run serve lint bench
 
 .venv/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH_PIN)
+	$(PY) -m pip install -q $(WHEELS) $(TORCH_PIN)
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
