@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 
+from rlserve.client.admin_async import AsyncAdmin
 from rlserve.client.base import ClientBase
 from rlserve.client.errors import APIConnectionError, APIStatusError
 from rlserve.client.payloads import (
@@ -21,7 +22,7 @@ from rlserve.client.retry import retry_delay
 from rlserve.client.sse import DONE, parse_sse_line
 
 
-class AsyncClient(ClientBase):
+class AsyncClient(AsyncAdmin, ClientBase):
     """Async twin of `Client`; use as `async with AsyncClient(url) as client: ...`.
 
     Same methods (awaitable), same `rlserve_train` training data, same retry rules.

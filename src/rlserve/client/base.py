@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -27,7 +29,8 @@ class ClientBase:
     lists at `/v1/models`. `tokenizer` (a name/path or a tokenizer object) is only
     needed for `apply_chat_template`. With a `weight_sync` controller and
     `freeze_for_weight_sync`, every inference call first waits while a weight sync of
-    `model_tag` is in progress.
+    `model_tag` is in progress. `admin_key` is sent as the bearer token of the admin
+    calls (`update_weights`, adapters, pause/resume/abort); default: `api_key`.
     """
 
     def __init__(
@@ -46,7 +49,9 @@ class ClientBase:
         weight_sync: WeightSyncController | None = None,
         freeze_for_weight_sync: bool = True,
         model_tag: str = "default",
+        admin_key: str | None = None,
     ) -> None:
+        self.admin_key = admin_key
         self.base_url = normalize_base_url(base_url)
         self.weight_sync = weight_sync
         self.freeze_for_weight_sync = freeze_for_weight_sync
@@ -74,6 +79,30 @@ class ClientBase:
         """Wait on `controller` for syncs of `model_tag` before each inference call."""
         self.weight_sync = controller
         self.model_tag = model_tag
+
+    def _admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_key}"} if self.admin_key else {}
+
+    @contextmanager
+    def _weight_sync(self) -> Iterator[Callable[[Any], None]]:
+        """Mark a weight sync of `model_tag` on the controller (if any) for the block;
+        the block calls the yielded function with the server's reply to record its
+        `policy_version`."""
+        controller = self.weight_sync
+        if controller is None:
+            yield lambda result: None
+            return
+        version: list[int | None] = [None]
+
+        def record(result: Any) -> None:
+            if isinstance(result, dict) and isinstance(result.get("policy_version"), int):
+                version[0] = result["policy_version"]
+
+        controller.begin_sync(self.model_tag)
+        try:
+            yield record
+        finally:
+            controller.end_sync(self.model_tag, version=version[0])
 
     @property
     def _frozen_by(self) -> WeightSyncController | None:

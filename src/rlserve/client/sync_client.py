@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 
+from rlserve.client.admin_sync import SyncAdmin
 from rlserve.client.base import ClientBase
 from rlserve.client.errors import APIConnectionError, APIStatusError
 from rlserve.client.payloads import (
@@ -21,7 +22,7 @@ from rlserve.client.retry import retry_delay
 from rlserve.client.sse import DONE, parse_sse_line
 
 
-class Client(ClientBase):
+class Client(SyncAdmin, ClientBase):
     """Synchronous client. Every completion/chat/generate response is a dict with
     `rlserve_train` = {"prompt_tokens", "response_tokens", "response_logprobs", ...}.
 

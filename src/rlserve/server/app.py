@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 
+from rlserve.server.admin_routes import admin_router
 from rlserve.server.config import ServerConfig
 from rlserve.server.engine_loop import EngineLoop
 from rlserve.server.errors import APIError, install_error_handlers
@@ -87,5 +88,6 @@ def create_app(engine: Any, config: ServerConfig | None = None, tokenizer: Any =
     guarded = [Depends(require_api_key(config.api_key))] if config.api_key else []
     app.include_router(openai_router(state), dependencies=guarded)
     app.include_router(rl_router(state), dependencies=guarded)
+    app.include_router(admin_router(state))
     app.include_router(ops_router(state))
     return app

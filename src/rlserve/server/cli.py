@@ -56,6 +56,23 @@ def build_parser() -> argparse.ArgumentParser:
         default="hermes",
         help="format of tool calls in chat replies, or 'none' (default: %(default)s)",
     )
+    p.add_argument(
+        "--admin-key",
+        help="require 'Authorization: Bearer KEY' on the admin routes (default: open)",
+    )
+    p.add_argument("--weights-dir", help="folder that path-based updates/adapters may read")
+    p.add_argument(
+        "--max-upload-bytes",
+        type=int,
+        default=d.max_upload_bytes,
+        help="largest /upload_adapter body (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-update-bytes",
+        type=int,
+        default=d.max_update_bytes,
+        help="largest streamed /update_weights body (default: %(default)s)",
+    )
     p.add_argument("--dtype", default="float32", help="engine dtype (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="engine device (default: %(default)s)")
     p.add_argument("--max-model-len", type=int, help="context length (default: the model's)")
@@ -79,6 +96,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         api_key=args.api_key,
         served_model_name=args.served_model_name,
         tool_call_parser=None if args.tool_call_parser == "none" else args.tool_call_parser,
+        admin_key=args.admin_key,
+        weights_dir=args.weights_dir,
+        max_upload_bytes=args.max_upload_bytes,
+        max_update_bytes=args.max_update_bytes,
     )
 
 

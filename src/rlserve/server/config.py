@@ -21,7 +21,12 @@ class ServerConfig:
     `adapter_path`: a PEFT LoRA adapter loaded at start-up under `adapter_name` (default:
     its folder's name); requests that name no model use it. `tool_call_parser`: the
     `rlserve.tools` format used to turn chat replies into `tool_calls` when a request
-    offers tools (None: never parse).
+    offers tools (None: never parse). `admin_key`: when set, the admin routes
+    (`/update_weights`, adapters, pause/resume/abort, `/policy_version`) require
+    `Authorization: Bearer <admin_key>`; when unset they are open (bind to 127.0.0.1).
+    `weights_dir`: the only folder path-based updates and adapters are read from (None:
+    path loading is refused). `max_upload_bytes` / `max_update_bytes`: body size limits of
+    `/upload_adapter` and of a streamed `/update_weights`.
     """
 
     model: str | None = None
@@ -39,6 +44,10 @@ class ServerConfig:
     api_key: str | None = None
     served_model_name: str | None = None
     tool_call_parser: str | None = "hermes"
+    admin_key: str | None = None
+    weights_dir: str | None = None
+    max_upload_bytes: int = 256 * 2**20
+    max_update_bytes: int = 16 * 2**30
 
     def __post_init__(self) -> None:
         self.log_level = str(self.log_level).upper()
@@ -46,7 +55,8 @@ class ServerConfig:
             raise ValueError(f"log_level must be one of {LOG_LEVELS}, got {self.log_level!r}")
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise ValueError(f"port must be an integer in [0, 65535], got {self.port!r}")
-        for name in ("max_batch", "max_tokens", "max_queue"):
+        for name in ("max_batch", "max_tokens", "max_queue", "max_upload_bytes",
+                     "max_update_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -70,6 +80,10 @@ class ServerConfig:
             self.adapter_name = Path(self.adapter_path).expanduser().resolve().name or "adapter"
         if self.api_key is not None and not self.api_key:
             raise ValueError("api_key must be non-empty when given")
+        if self.admin_key is not None and not self.admin_key:
+            raise ValueError("admin_key must be non-empty when given")
+        if self.weights_dir is not None and not Path(self.weights_dir).is_dir():
+            raise ValueError(f"weights_dir {self.weights_dir!r} is not a folder")
 
     @property
     def flush_interval_s(self) -> float:

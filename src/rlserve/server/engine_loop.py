@@ -5,6 +5,10 @@ RequestGroup (never blocking the event loop) and get deltas back through the gro
 asyncio queue. When the engine goes from idle to busy the thread waits up to
 `flush_interval_s` for companions (up to `max_batch` sequences) before the first step;
 while busy, new requests join the next step (continuous batching).
+
+`call(fn)` runs `fn(engine)` on this thread between two steps (weight updates, adapters,
+pause/resume). While the engine is paused nothing is scheduled, so the thread blocks on
+its inbox instead of stepping in a tight loop.
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from rlserve.sampling_params import SamplingParams
+from rlserve.server.engine_calls import EngineCall
 from rlserve.server.request_group import Delivery, Prompt, RequestGroup, deliver_all
 
 log = logging.getLogger(__name__)
@@ -48,7 +54,8 @@ class EngineLoop:
         self.max_batch = max_batch
         self.flush_interval_s = flush_interval_s
         self.max_queue = max_queue
-        self._inbox: queue.SimpleQueue[tuple[str, RequestGroup | None]] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._draining: deque[EngineCall] = deque()  # calls waiting for num_running == 0
         self._routes: dict[str, tuple[RequestGroup, int]] = {}
         self._lock = threading.Lock()
         self._queued_sequences = 0  # submitted, not yet handed to the engine
@@ -85,12 +92,18 @@ class EngineLoop:
     # ---- event-loop side ------------------------------------------------------------------
 
     def submit(
-        self, prompts: list[Prompt], params: SamplingParams, lora_name: str | None = None
+        self,
+        prompts: list[Prompt],
+        params: SamplingParams,
+        lora_name: str | None = None,
+        request_id: str | None = None,
     ) -> RequestGroup:
         """Queue prompts for the engine (on LoRA adapter `lora_name`, if given); await
-        `group.accepted()` to learn whether it took them."""
+        `group.accepted()` to learn whether it took them. `request_id` lets `abort_requests`
+        find the group."""
         loop = asyncio.get_running_loop()
         group = RequestGroup(prompts, params, loop, self._request_abort, lora_name)
+        group.request_id = request_id
         with self._lock:  # shutdown drains the inbox under this lock: nothing slips past it
             if not self.alive:
                 raise EngineUnavailable("the engine is not running (starting or stopping)")
@@ -106,14 +119,57 @@ class EngineLoop:
     def _request_abort(self, group: RequestGroup) -> None:
         self._inbox.put(("abort", group))
 
+    async def call(self, fn: Callable[[Any], Any], drain: bool = False) -> Any:
+        """Run `fn(engine)` on the engine thread between two steps; its result or exception
+        comes back here. `drain`: first pause("wait") until no request runs, then resume."""
+        call = EngineCall(fn, asyncio.get_running_loop(), drain)
+        with self._lock:
+            if not self.alive:
+                raise EngineUnavailable("the engine is not running (starting or stopping)")
+            self._inbox.put(("call", call))
+        return await call.future
+
+    async def update(self, fn: Callable[[Any], Any], mode: str = "keep") -> Any:
+        """Run the weight update `fn(engine)` in pause `mode`: "keep" between two steps,
+        "wait" once running requests finished (they keep streaming meanwhile), "abort"
+        after aborting every request (their partial outputs are delivered first)."""
+        if mode == "keep":
+            return await self.call(fn)
+        if mode == "wait":
+            return await self.call(fn, drain=True)
+        if mode == "abort":
+            return await self.call(self._after_abort(fn))
+        raise ValueError(f"mode must be one of 'keep', 'wait', 'abort', got {mode!r}")
+
+    def _after_abort(self, fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def run(engine: Any) -> Any:
+            before = engine.paused
+            engine.pause("abort")
+            self._step()
+            try:
+                return fn(engine)
+            finally:
+                if before is None:
+                    engine.resume()
+
+        return run
+
+    async def abort_requests(self, request_id: str | None = None) -> int:
+        """Abort the routed requests matching `request_id` (None: all); their responses end
+        with finish_reason "abort". Returns how many engine requests were aborted."""
+        return await self.call(lambda engine: self._abort_matching(engine, request_id))
+
     # ---- engine thread --------------------------------------------------------------------
 
     def _run(self) -> None:
         try:
             while not self._stopping.is_set():
+                self._run_drained_calls()
                 if not self.engine.has_unfinished_requests():
                     self._wait_for_work()
                     continue
+                if self._stalled():
+                    self._wait_for_command()
                 self._drain_inbox()
                 self._step()
         except BaseException:
@@ -141,6 +197,19 @@ class EngineLoop:
                 break
             added += self._handle(command)
 
+    def _stalled(self) -> bool:
+        """A step would schedule nothing: paused, or draining with nothing left running."""
+        paused = getattr(self.engine, "paused", None)  # engines without a control plane
+        return paused in ("keep", "abort") or (paused == "wait" and not self.engine.num_running)
+
+    def _wait_for_command(self) -> None:
+        try:
+            command = self._inbox.get(timeout=_IDLE_POLL_S)
+        except queue.Empty:
+            self._publish_stats()
+            return
+        self._handle(command)
+
     def _drain_inbox(self) -> None:
         while True:
             try:
@@ -149,10 +218,13 @@ class EngineLoop:
                 return
             self._handle(command)
 
-    def _handle(self, command: tuple[str, RequestGroup | None]) -> int:
+    def _handle(self, command: tuple[str, Any]) -> int:
         """Apply one command; returns how many sequences it added."""
         kind, group = command
         if group is None:
+            return 0
+        if kind == "call":
+            self._start_call(group)
             return 0
         if kind == "abort":
             for engine_id in group.engine_ids:
@@ -162,6 +234,41 @@ class EngineLoop:
         with self._lock:
             self._queued_sequences -= group.num_sequences
         return self._add(group)
+
+    def _start_call(self, call: EngineCall) -> None:
+        if call.drain and self.engine.paused is None:
+            self.engine.pause("wait")
+            self._draining.append(call)
+            return
+        if call.drain and self.engine.paused == "wait":
+            self._draining.append(call)
+            return
+        call.run(self.engine)
+        self._step_if_aborted()
+
+    def _run_drained_calls(self) -> None:
+        """Run the calls waiting for a drain once nothing runs, then generate again."""
+        if not self._draining or self.engine.num_running:
+            return
+        while self._draining:
+            self._draining.popleft().run(self.engine)
+        if self.engine.paused == "wait":
+            self.engine.resume()
+
+    def _step_if_aborted(self) -> None:
+        """Deliver the partial outputs of requests a call aborted (pause("abort"))."""
+        if self.engine.paused == "abort" and self.engine.has_unfinished_requests():
+            self._step()
+
+    def _abort_matching(self, engine: Any, request_id: str | None) -> int:
+        count = 0
+        for engine_id, (group, _) in list(self._routes.items()):
+            if request_id is None or request_id in (engine_id, group.request_id) or \
+                    engine_id.startswith(f"{request_id}-"):
+                count += bool(engine.abort(engine_id, reason="aborted by an admin request"))
+        if count:
+            self._step()  # deliver the aborts now, even while paused
+        return count
 
     def _add(self, group: RequestGroup) -> int:
         added: list[str] = []
@@ -228,7 +335,10 @@ class EngineLoop:
             group.fail(error)
 
     def _shutdown(self) -> None:
-        self._fail_all(EngineUnavailable("the server is shutting down"))
+        gone = EngineUnavailable("the server is shutting down")
+        self._fail_all(gone)
+        while self._draining:
+            self._draining.popleft().fail(gone)
         with self._lock:
             self._stopping.set()
             while True:
@@ -238,4 +348,6 @@ class EngineLoop:
                     return
                 if kind == "add" and group is not None:
                     self._queued_sequences -= group.num_sequences
-                    group.fail(EngineUnavailable("the server is shutting down"))
+                    group.fail(gone)
+                elif kind == "call":
+                    group.fail(gone)

@@ -37,6 +37,7 @@ class RequestGroup:
         self.prompts = prompts
         self.params = params
         self.lora_name = lora_name
+        self.request_id: str | None = None  # the caller's id, for admin aborts
         self.engine_ids = [f"{tag}-{i}" for i in range(len(prompts))]
         self.max_batch_size = 0  # most sequences sharing a step with this group
         self._loop = loop

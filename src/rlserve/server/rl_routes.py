@@ -93,7 +93,7 @@ async def generate(state: ServerState, request: Request) -> Response:
         logprobs=k,
         max_logprobs=state.config.max_logprobs,
     )
-    group = state.loop.submit(prompts, params, lora_name)
+    group = state.loop.submit(prompts, params, lora_name, req.request_id)
     await wait_accepted(group, PARAM_FIELDS)
     results = await unless_disconnected(request, group, collect(group))
     current = state.policy_version

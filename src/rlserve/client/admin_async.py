@@ -1,0 +1,101 @@
+"""Admin calls of the `AsyncClient`: weights, adapters, pause/resume/abort."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from rlserve.client.admin_payloads import (
+    default_adapter_name,
+    update_json,
+    update_query,
+    upload_files,
+)
+from rlserve.client.errors import APIConnectionError, APIStatusError
+from rlserve.client.payloads import decode_body
+from rlserve.client.safetensors_stream import safetensors_stream
+
+
+class AsyncAdmin:
+    """Mixed into `AsyncClient`; every call returns the server's JSON (with `policy_version`)."""
+
+    _http: httpx.AsyncClient
+    _admin_headers: Any  # from ClientBase
+    _weight_sync: Any
+
+    async def update_weights(
+        self,
+        weights: Mapping[str, Any] | Iterable[tuple[str, Any]],
+        version: int | None = None,
+        mode: str = "keep",
+        recompute_kv: bool = False,
+    ) -> dict[str, Any]:
+        """Stream `weights` (state dict or (name, tensor) pairs) as safetensors bytes to
+        `POST /update_weights`. With a weight-sync controller, clients sharing it freeze
+        until the update is done, then see the new version."""
+        query = update_query(version, mode, recompute_kv)
+        with self._weight_sync() as record:
+            length, chunks = safetensors_stream(weights)
+            headers = {"content-type": "application/octet-stream",
+                       "content-length": str(length)}
+            result = await self._admin("POST", "/update_weights", params=query, headers=headers,
+                                 content=_aiter(chunks))
+            record(result)
+        return result
+
+    async def update_weights_from_path(
+        self, path: str, version: int | None = None, mode: str = "keep",
+        recompute_kv: bool = False,
+    ) -> dict[str, Any]:
+        """Load a safetensors file/folder at `path` (relative to the server's --weights-dir)."""
+        with self._weight_sync() as record:
+            body = update_json(path, version, mode, recompute_kv)
+            result = await self._admin("POST", "/update_weights", json=body)
+            record(result)
+        return result
+
+    async def load_adapter(self, path: str, name: str | None = None) -> dict[str, Any]:
+        """Load the PEFT adapter at `path` (under the server's --weights-dir)."""
+        body = {"adapter_path": str(path), "adapter_name": name or default_adapter_name(path)}
+        return await self._admin("POST", "/load_adapter", json=body)
+
+    async def upload_adapter(self, path: str | Path, name: str | None = None) -> dict[str, Any]:
+        """Upload a local adapter folder (or .zip) and load it as `name`."""
+        data = {"adapter_name": name or default_adapter_name(path)}
+        return await self._admin("POST", "/upload_adapter", data=data, files=upload_files(path))
+
+    async def unload_adapter(self, name: str) -> dict[str, Any]:
+        return await self._admin("POST", "/unload_adapter", json={"adapter_name": name})
+
+    async def pause(self, mode: str = "keep") -> dict[str, Any]:
+        """Pause generation ("keep", "wait" or "abort"; see `Engine.pause`)."""
+        return await self._admin("POST", "/pause", json={"mode": mode})
+
+    async def resume(self, recompute_kv: bool = False) -> dict[str, Any]:
+        return await self._admin("POST", "/resume", json={"recompute_kv": recompute_kv})
+
+    async def abort(self, request_id: str | None = None) -> dict[str, Any]:
+        """Abort one request (its `request_id`) or, with None, every request."""
+        return await self._admin("POST", "/abort", json={"request_id": request_id})
+
+    async def policy_version(self) -> int:
+        return int((await self._admin("GET", "/policy_version"))["policy_version"])
+
+    async def _admin(self, method: str, path: str, **options: Any) -> Any:
+        headers = {**self._admin_headers(), **options.pop("headers", {})}
+        try:
+            response = await self._http.request(method, path, headers=headers, **options)
+        except httpx.TransportError as exc:
+            raise APIConnectionError(f"{method} {path}: {exc!r}") from exc
+        if response.status_code >= 400:
+            raise APIStatusError(response.status_code, decode_body(response))
+        return decode_body(response)
+
+
+
+async def _aiter(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
