@@ -85,7 +85,7 @@ def main() -> None:
         prompt = list(range(100, 116))
         params = SamplingParams(temperature=0, max_tokens=1)
         engine.generate(prompt, params, lora_name="bench")
-        swap_s = best_of(lambda: engine.generate(prompt, params, lora_name=None)) - 0
+        swap_s = best_of(lambda: engine.generate(prompt, params, lora_name=None))
         with_lora_s = best_of(lambda: engine.generate(prompt, params, lora_name="bench"))
     rows.append(("LoRA r16 all-linear: load (from disk)", f"{load_s * 1e3:.0f} ms", "100 ms goal",
                  f"{load_s / 0.1:.2f}x of goal"))
