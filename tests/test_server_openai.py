@@ -203,3 +203,49 @@ def test_tool_calls_parsed_whole_and_streamed(oai: openai.OpenAI, model: str) ->
         (call.function.name, call.function.arguments)
     ]
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_tool_choice_required_and_named_force_a_call(oai: openai.OpenAI, model: str) -> None:
+    weather = {"type": "function", "function": {"name": "get_weather", "parameters": {}}}
+    kw = {
+        "model": model,
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "What is 12 + 30?"},
+        ],
+        "max_tokens": 40,
+        "temperature": 0,
+    }
+    auto = oai.chat.completions.create(**kw, tools=[CALCULATOR]).choices[0]
+    assert auto.message.tool_calls is None and "42" in auto.message.content  # answers directly
+    named = {"type": "function", "function": {"name": "calculator"}}
+    for tools, choice in (([CALCULATOR], "required"), ([weather, CALCULATOR], named)):
+        forced = oai.chat.completions.create(**kw, tools=tools, tool_choice=choice).choices[0]
+        (call,) = forced.message.tool_calls
+        assert call.function.name == "calculator"
+        assert call.function.arguments == '{"expression": "12 + 30"}'
+        assert forced.finish_reason == "tool_calls"
+    chunks = [
+        c
+        for c in oai.chat.completions.create(**kw, tools=[CALCULATOR], tool_choice="required",
+                                             stream=True)
+        if c.choices
+    ]
+    streamed = [t for c in chunks for t in c.choices[0].delta.tool_calls or []]
+    assert [t.function.name for t in streamed] == ["calculator"]
+
+
+@pytest.mark.parametrize(
+    ("tools", "choice", "message"),
+    [
+        ([CALCULATOR], {"type": "function", "function": {"name": "nope"}}, "not among the tools"),
+        (None, "required", "no tools"),
+        ([CALCULATOR], "sometimes", "tool_choice must be"),
+        ([CALCULATOR], {"type": "function"}, "named tool_choice"),
+    ],
+)
+def test_bad_tool_choice_is_a_400(oai: openai.OpenAI, model: str, tools, choice, message) -> None:
+    kw = {"tools": tools} if tools else {}
+    with pytest.raises(openai.BadRequestError, match=message):
+        oai.chat.completions.create(model=model, messages=CHAT, max_tokens=4, tool_choice=choice,
+                                    **kw)

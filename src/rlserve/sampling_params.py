@@ -13,6 +13,9 @@ class SamplingParams:
     `logprobs=k` also returns the k most likely alternatives of every generated token;
     the logprob of the sampled token itself is always returned.
     `prompt_logprobs=k` returns the logprob of every prompt token (k alternatives each).
+    `prefix_choices`: the output text must begin with one of these strings (tokens are
+    constrained until one is complete, then sampling is free). The logprobs reported for
+    constrained tokens are still the model's own; `sampling_logprobs` are the constrained ones.
     """
 
     n: int = 1
@@ -30,6 +33,7 @@ class SamplingParams:
     prompt_logprobs: int | None = None
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    prefix_choices: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -58,6 +62,12 @@ class SamplingParams:
         for s in self.stop:
             if not isinstance(s, str) or not s:
                 raise ValueError(f"stop must be a list of non-empty strings, got {s!r}")
+        if isinstance(self.prefix_choices, str):
+            raise ValueError("prefix_choices must be a list of strings, not one string")
+        self.prefix_choices = list(self.prefix_choices or [])
+        for s in self.prefix_choices:
+            if not isinstance(s, str) or not s:
+                raise ValueError(f"prefix_choices must be non-empty strings, got {s!r}")
         for t in self.stop_token_ids:
             _check_int("stop_token_ids", t, minimum=0)
         if self.seed is not None:

@@ -22,6 +22,7 @@ from rlserve.config import DEFAULT_KV_CACHE_MEMORY, EngineConfig
 from rlserve.engine.block_manager import BlockManager
 from rlserve.engine.model_runner import ModelRunner
 from rlserve.engine.output_processor import OutputProcessor
+from rlserve.engine.prefix_constraint import TokenTexts, allowed_token_ids
 from rlserve.engine.sampler import SamplingRow, noise_seed, sample
 from rlserve.engine.scheduler import ScheduledBatch, Scheduler
 from rlserve.engine.sequence import Sequence
@@ -77,6 +78,7 @@ class Engine:
         self.scheduler = Scheduler(self.block_manager, self.config.max_num_seqs,
                                    self.config.max_num_batched_tokens, self._cache_key)
         self.outputs = OutputProcessor(self.tokenizer, self.eos_token_ids, self.max_model_len)
+        self._token_texts: TokenTexts | None = None  # built on first use of prefix_choices
         self.policy_version = 0
         self._base_version = 0  # policy version of the current base weights
         self.adapters: dict[str, LoRAAdapter] = {}
@@ -403,7 +405,8 @@ class Engine:
                             top_p=s.params.top_p, min_p=s.params.min_p,
                             noise_seed=noise_seed(s.seed, s.index, s.num_tokens),
                             banned_token_ids=self.outputs.banned_token_ids(s),
-                            num_top_logprobs=s.params.logprobs or 0) for s in seqs]
+                            num_top_logprobs=s.params.logprobs or 0,
+                            allowed_token_ids=self._allowed_token_ids(s)) for s in seqs]
         out = sample(logits, rows)
         for j, seq in enumerate(seqs):
             seq.token_ids.append(out.token_ids[j])
@@ -416,6 +419,14 @@ class Engine:
             self.outputs.check_stop(seq)
             if seq.finish_reason is not None:
                 self.scheduler.finish(seq)
+
+    def _allowed_token_ids(self, seq: Sequence) -> list[int] | None:
+        if not seq.params.prefix_choices:
+            return None
+        if self._token_texts is None:
+            self._token_texts = TokenTexts(self.tokenizer)
+        text = self.tokenizer.decode(seq.output_token_ids, skip_special_tokens=False)
+        return allowed_token_ids(self._token_texts, seq.params.prefix_choices, text)
 
     def _record_prompt_logprobs(self, seq: Sequence, first: int, logits: torch.Tensor) -> None:
         """Keep logprobs (and raw logits if asked) of prompt rows first, first + 1, ..."""

@@ -29,6 +29,7 @@ class SamplingRow:
     noise_seed: int
     banned_token_ids: list[int]  # stop/EOS ids while min_tokens is not reached
     num_top_logprobs: int  # k alternatives to report (0 = none)
+    allowed_token_ids: list[int] | None = None  # None = any (see prefix_constraint.py)
 
 
 @dataclass
@@ -68,10 +69,13 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
 
 
 def _ban(scaled: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
-    if not any(r.banned_token_ids for r in rows):
+    if not any(r.banned_token_ids or r.allowed_token_ids is not None for r in rows):
         return scaled
     out = scaled.clone()
     for i, r in enumerate(rows):
+        if r.allowed_token_ids is not None:
+            out[i] = float("-inf")
+            out[i, r.allowed_token_ids] = scaled[i, r.allowed_token_ids]
         if r.banned_token_ids:
             out[i, r.banned_token_ids] = float("-inf")
     return out

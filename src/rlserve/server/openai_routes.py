@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any, Protocol
 
 from fastapi import APIRouter, Request
@@ -29,6 +29,7 @@ from rlserve.server.request_group import Prompt, RequestGroup
 from rlserve.server.sampling import build_params
 from rlserve.server.state import ServerState, new_id
 from rlserve.server.tool_calls import ToolCallFormat, prompt_opens_thinking
+from rlserve.tools import forced_call_prefixes
 
 PARAM_FIELDS = {f.name for f in fields(SamplingParams)} | {"prompt", "messages"}
 
@@ -131,6 +132,20 @@ def chat_params(state: ServerState, req: ChatCompletionRequest) -> SamplingParam
     )
 
 
+def forced_calls(state: ServerState, req: ChatCompletionRequest, prompt_text: str) -> list[str]:
+    """`prefix_choices` for `tool_choice` "required" or a named function (400 if impossible)."""
+    parser = state.config.tool_call_parser
+    try:
+        prefixes = forced_call_prefixes(req.tool_choice, req.tools, parser or "hermes",
+                                        think_open=prompt_opens_thinking(prompt_text))
+    except ValueError as exc:
+        raise APIError(400, str(exc), param="tool_choice") from exc
+    if prefixes and not parser:
+        raise APIError(400, "tool_choice needs a server started with --tool-call-parser",
+                       param="tool_choice")
+    return prefixes
+
+
 def tool_format(
     state: ServerState, req: ChatCompletionRequest, prompt_text: str
 ) -> ToolCallFormat | None:
@@ -159,8 +174,8 @@ async def create_chat_completion(state: ServerState, request: Request) -> Respon
     """`POST /v1/chat/completions`: JSON, or SSE when `stream`."""
     req = await parse_body(request, ChatCompletionRequest)
     lora_name = state.resolve_model(req.model)
-    params = chat_params(state, req)
     prompt_text, prompt_ids = render_prompt(state, req)
+    params = replace(chat_params(state, req), prefix_choices=forced_calls(state, req, prompt_text))
     group = state.loop.submit([prompt_ids], params, lora_name)
     await wait_accepted(group, PARAM_FIELDS)
     tools = tool_format(state, req, prompt_text)

@@ -1,5 +1,6 @@
 """Tool calling: parse tool calls out of model output, one-shot or while streaming."""
 
+from rlserve.tools.choice import forced_call_prefixes
 from rlserve.tools.generate import batch_generate_with_tools
 from rlserve.tools.parsers import (
     PARSERS,
@@ -21,6 +22,7 @@ __all__ = [
     "ToolCallError",
     "ToolParser",
     "batch_generate_with_tools",
+    "forced_call_prefixes",
     "get_parser",
     "parse_tool_calls",
 ]

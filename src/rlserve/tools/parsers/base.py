@@ -129,6 +129,10 @@ class ToolParser(ABC):
         return ctx.not_a_call(start)
 
     @abstractmethod
+    def call_prefix(self, name: str) -> str:
+        """The text that opens a call to ``name`` in this format (used to force a call)."""
+
+    @abstractmethod
     def match(self, ctx: ScanContext, start: int) -> Match | None:
         """Decide what the candidate at ``start`` is; None while more text is needed (never
         when ``ctx.final``)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from rlserve.tools.parsers.base import Match, ScanContext, ToolParser, skip_space
@@ -21,6 +22,9 @@ class HermesParser(ToolParser):
 
     name = "hermes"
     markers = (OPEN,)
+
+    def call_prefix(self, name: str) -> str:
+        return f'{OPEN}\n{{"name": {json.dumps(name)}, "arguments": '
 
     def match(self, ctx: ScanContext, start: int) -> Match | None:
         text = ctx.text

@@ -3,6 +3,7 @@ a JSON list of them."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -26,6 +27,9 @@ class JsonParser(ToolParser):
     like a call (``{"name": ...``) is reported as a malformed call."""
 
     name = "json"
+
+    def call_prefix(self, name: str) -> str:
+        return f'{{"name": {json.dumps(name)}, "arguments": '
 
     def find_candidate(self, ctx: ScanContext, pos: int) -> int | None:
         found = _BRACKET.search(ctx.text, pos)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 from rlserve.tools.parsers.base import Match, ScanContext, ToolParser, skip_space
@@ -19,6 +20,9 @@ class Llama3JsonParser(ToolParser):
 
     name = "llama3_json"
     markers = (PYTHON_TAG,)
+
+    def call_prefix(self, name: str) -> str:
+        return f'{{"name": {json.dumps(name)}, "parameters": '
 
     def find_candidate(self, ctx: ScanContext, pos: int) -> int | None:
         tagged = super().find_candidate(ctx, pos)

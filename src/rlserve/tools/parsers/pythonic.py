@@ -27,6 +27,9 @@ class PythonicParser(ToolParser):
 
     name = "pythonic"
 
+    def call_prefix(self, name: str) -> str:
+        return f"[{name}("
+
     def find_candidate(self, ctx: ScanContext, pos: int) -> int | None:
         text = ctx.text
         indent = pos

@@ -27,6 +27,9 @@ class Qwen3CoderParser(ToolParser):
     name = "qwen3_coder"
     markers = (OPEN,)
 
+    def call_prefix(self, name: str) -> str:
+        return f"{OPEN}\n<function={name}>\n"
+
     def match(self, ctx: ScanContext, start: int) -> Match | None:
         text = ctx.text
         if not text.startswith(OPEN, start):

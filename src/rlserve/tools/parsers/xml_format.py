@@ -33,6 +33,9 @@ class XmlParser(ToolParser):
     name = "xml"
     markers = (OPEN,)
 
+    def call_prefix(self, name: str) -> str:
+        return f'{OPEN}\n<invoke name="{name}">\n'
+
     def match(self, ctx: ScanContext, start: int) -> Match | None:
         text = ctx.text
         if not text.startswith(OPEN, start):
