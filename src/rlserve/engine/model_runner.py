@@ -18,6 +18,10 @@ from rlserve.models.llama import LlamaModel
 from rlserve.models.lora import LoRAAdapter, LoRABatch
 
 MAX_PADDING = 1.25  # gathered pages / pages actually needed, per decode group
+# On CPU a decode group's gathered K (and V) should stay cache-sized: attending 64
+# sequences x 400 tokens in one gathered call is 3.5x slower than in 2 MiB groups
+# (bench/kernels.py).
+CPU_MAX_GROUP_KV_BYTES = 2 << 20
 
 
 @dataclass
@@ -35,6 +39,9 @@ class ModelRunner:
         self.device = device
         c = model.config
         shape = (num_blocks, block_size, c.num_kv_heads, c.head_dim)
+        page_bytes = block_size * c.num_kv_heads * c.head_dim * dtype.itemsize
+        self.max_group_pages = (CPU_MAX_GROUP_KV_BYTES // page_bytes
+                                if device.type == "cpu" else None)
         # zeros, not empty: padded pages are masked out of attention, but a NaN left in
         # uninitialised memory would still poison the weighted sum (0 * NaN = NaN).
         for layer in model.layers:
@@ -44,8 +51,7 @@ class ModelRunner:
     @staticmethod
     def kv_bytes_per_block(model: LlamaModel, block_size: int, dtype: torch.dtype) -> int:
         c = model.config
-        itemsize = torch.empty(0, dtype=dtype).element_size()
-        return 2 * c.num_layers * block_size * c.num_kv_heads * c.head_dim * itemsize
+        return 2 * c.num_layers * block_size * c.num_kv_heads * c.head_dim * dtype.itemsize
 
     @torch.inference_mode()
     def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
@@ -87,7 +93,8 @@ class ModelRunner:
                 last = min(end, seq.num_prompt_logit_rows)
                 prompt_rows[i] = (first, list(range(start, start + last - first)))
         meta = AttentionMetadata(slot_mapping=self._tensor(slots), prefills=prefills,
-                                 decodes=self._decode_groups(decodes))
+                                 decodes=decode_groups(decodes, self.block_size,
+                                                         self.max_group_pages, self.device))
         lora = self._lora_batch(lora_rows, adapters, len(input_ids))
         hidden = self.model(self._tensor(input_ids), self._tensor(positions), meta, lora)
         logits = self.model.compute_logits(hidden[self._tensor(sample_rows)])
@@ -104,30 +111,38 @@ class ModelRunner:
                              self._tensor(rows)))
         return lora
 
-    def _decode_groups(self, decodes: list[tuple[int, list[int], int]]) -> list[DecodeGroup]:
-        """Sort decodes by context length and cut them into groups whose padding to the
-        group's longest context wastes at most ~25% of the gathered pages: few SDPA calls
-        when lengths are alike, little wasted bandwidth when they are not."""
-        chunks: list[list[tuple[int, list[int], int]]] = []
-        pages = 0
-        for decode in sorted(decodes, key=lambda d: d[2]):
-            width = len(decode[1])
-            if chunks and (len(chunks[-1]) + 1) * width <= MAX_PADDING * (pages + width):
-                chunks[-1].append(decode)
-                pages += width
-            else:
-                chunks.append([decode])
-                pages = width
-        groups = []
-        for chunk in chunks:
-            width = max(len(table) for _, table, _ in chunk)
-            lens = self._tensor([n for _, _, n in chunk])
-            mask = torch.arange(width * self.block_size, device=self.device) < lens[:, None]
-            groups.append(DecodeGroup(
-                rows=self._tensor([row for row, _, _ in chunk]),
-                block_tables=self._tensor([t + [0] * (width - len(t)) for _, t, _ in chunk]),
-                mask=mask[:, None, None, :]))
-        return groups
-
     def _tensor(self, values: list) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=self.device)
+
+
+def decode_groups(decodes: list[tuple[int, list[int], int]], block_size: int,
+                  max_group_pages: int | None, device: torch.device) -> list[DecodeGroup]:
+    """Cut decodes (row, block table, context length) into attention groups.
+
+    Sorted by context length, a group grows while padding to its longest context wastes at
+    most ~25% of the gathered pages: few SDPA calls when lengths are alike, little wasted
+    bandwidth when they are not. A group also stays under `max_group_pages` (one sequence
+    may exceed it alone)."""
+    chunks: list[list[tuple[int, list[int], int]]] = []
+    pages = 0
+    for decode in sorted(decodes, key=lambda d: d[2]):
+        width = len(decode[1])
+        gathered = (len(chunks[-1]) + 1) * width if chunks else 0
+        if (chunks and gathered <= MAX_PADDING * (pages + width)
+                and (max_group_pages is None or gathered <= max_group_pages)):
+            chunks[-1].append(decode)
+            pages += width
+        else:
+            chunks.append([decode])
+            pages = width
+    groups = []
+    for chunk in chunks:
+        width = max(len(table) for _, table, _ in chunk)
+        lens = torch.tensor([n for _, _, n in chunk], device=device)
+        mask = torch.arange(width * block_size, device=device) < lens[:, None]
+        groups.append(DecodeGroup(
+            rows=torch.tensor([row for row, _, _ in chunk], device=device),
+            block_tables=torch.tensor([t + [0] * (width - len(t)) for _, t, _ in chunk],
+                                      device=device),
+            mask=mask[:, None, None, :]))
+    return groups

@@ -17,6 +17,7 @@ from torch import nn
 
 from rlserve.models.attention import AttentionMetadata, paged_attention
 from rlserve.models.config import ModelConfig
+from rlserve.models.linear import Linear, linear
 from rlserve.models.lora import LoRABatch, add_lora
 
 
@@ -61,6 +62,9 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
     return torch.where(is_medium, smoothed, scaled)
 
 
+RopeAngles = tuple[torch.Tensor, torch.Tensor]
+
+
 class RotaryEmbedding(nn.Module):
     def __init__(self, config: ModelConfig, max_positions: int) -> None:
         super().__init__()
@@ -69,10 +73,15 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", emb.cos(), persistent=False)
         self.register_buffer("sin", emb.sin(), persistent=False)
 
-    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
-        cos = self.cos[positions].unsqueeze(1).to(q.dtype)  # [T, 1, head_dim]
-        sin = self.sin[positions].unsqueeze(1).to(q.dtype)
-        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> RopeAngles:
+        """cos and sin of every position, [T, 1, head_dim], looked up once per batch."""
+        return (self.cos[positions].unsqueeze(1).to(dtype),
+                self.sin[positions].unsqueeze(1).to(dtype))
+
+
+def apply_rope(q: torch.Tensor, k: torch.Tensor, angles: RopeAngles):
+    cos, sin = angles
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -88,9 +97,9 @@ class Attention(nn.Module):
         self.head_dim = config.head_dim
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
-        self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size,
-                                  bias=config.qkv_bias)
-        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=config.o_bias)
+        self.qkv_proj = Linear(config.hidden_size, self.q_size + 2 * self.kv_size,
+                               bias=config.qkv_bias)
+        self.o_proj = Linear(self.q_size, config.hidden_size, bias=config.o_bias)
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if config.qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if config.qk_norm else None
         self.scale = self.head_dim ** -0.5
@@ -100,8 +109,8 @@ class Attention(nn.Module):
         self.k_cache = torch.empty(0)  # set by the model runner
         self.v_cache = torch.empty(0)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, rope: RotaryEmbedding,
-                meta: AttentionMetadata, lora: LoRABatch | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, angles: RopeAngles, meta: AttentionMetadata,
+                lora: LoRABatch | None) -> torch.Tensor:
         tokens = x.shape[0]
         qkv = add_lora(self.qkv_proj(x), x, lora, self.layer_idx, self.qkv_slices)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
@@ -110,7 +119,7 @@ class Attention(nn.Module):
         v = v.view(tokens, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = rope(positions, q, k)
+        q, k = apply_rope(q, k, angles)
         out = paged_attention(q, k, v, self.k_cache, self.v_cache, meta, self.scale)
         out = out.view(tokens, self.q_size)
         return add_lora(self.o_proj(out), out, lora, self.layer_idx, self.o_slices)
@@ -123,9 +132,9 @@ class MLP(nn.Module):
         inter = config.intermediate_size
         self.gate_up_slices = {"gate_proj": (0, inter), "up_proj": (inter, 2 * inter)}
         self.down_slices = {"down_proj": (0, config.hidden_size)}
-        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size,
-                                      bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.gate_up_proj = Linear(config.hidden_size, 2 * config.intermediate_size,
+                                   bias=False)
+        self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor, lora: LoRABatch | None) -> torch.Tensor:
         gate_up = add_lora(self.gate_up_proj(x), x, lora, self.layer_idx, self.gate_up_slices)
@@ -142,9 +151,9 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, rope: RotaryEmbedding,
-                meta: AttentionMetadata, lora: LoRABatch | None) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), positions, rope, meta, lora)
+    def forward(self, x: torch.Tensor, angles: RopeAngles, meta: AttentionMetadata,
+                lora: LoRABatch | None) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), angles, meta, lora)
         return x + self.mlp(self.post_attention_layernorm(x), lora)
 
 
@@ -161,21 +170,22 @@ class LlamaModel(nn.Module):
         self.rope = RotaryEmbedding(config, max_positions)
         self.lm_head = None
         if not config.tie_word_embeddings:
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 meta: AttentionMetadata, lora: LoRABatch | None = None) -> torch.Tensor:
         """Hidden states of a flat batch; `lora` says which rows use which adapter."""
         x = self.embed_tokens(input_ids)
+        angles = self.rope(positions, x.dtype)
         for layer in self.layers:
-            x = layer(x, positions, self.rope, meta, lora)
+            x = layer(x, angles, meta, lora)
         return self.norm(x)
 
     @torch.inference_mode()
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, weight).float()
+        return linear(hidden, weight).float()
 
     def hf_weight_targets(self) -> dict[str, torch.Tensor]:
         """Every Hugging Face parameter name -> the tensor (or fused slice) it fills."""
