@@ -334,7 +334,8 @@ def test_client_rollout_matches_the_engine(bundled, served):
         assert r.completion_ids == loc.completion_ids and r.loss_mask == loc.loss_mask
         assert r.finish_reason == loc.finish_reason and not r.infra_error
         assert max(abs(a - b) for a, b in zip(r.logprobs, loc.logprobs, strict=True)) <= 1e-4
-        assert set(r.weight_versions) == {-1}  # /v1/completions does not report versions
+        assert r.weight_versions == loc.weight_versions  # the server reports them per token
+        assert 0 in r.weight_versions
         check_consistent(r)
 
 

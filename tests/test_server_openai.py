@@ -75,13 +75,15 @@ def test_n_samples_are_indexed_and_seeded(oai: openai.OpenAI, model: str) -> Non
     assert [c.index for c in chat.choices] == [0, 1]
 
 
-def test_completion_logprobs_shape(oai: openai.OpenAI, model: str) -> None:
+def test_completion_logprobs_shape(oai: openai.OpenAI, model: str, server) -> None:
     extra = {"return_token_ids": True, "return_tokens_as_token_ids": True}
     resp = oai.completions.create(
         model=model, prompt=PROMPT, max_tokens=5, temperature=0, logprobs=2, extra_body=extra
     )
     choice = resp.choices[0]
     token_ids = choice.model_extra["token_ids"]
+    versions = choice.model_extra["weight_versions"]
+    assert versions == [server.engine.policy_version] * len(token_ids)
     lp = choice.logprobs
     assert lp.tokens == [f"token_id:{t}" for t in token_ids]
     assert len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == len(token_ids)

@@ -7,7 +7,6 @@ need `Authorization: Bearer <admin-key>`; without it they are open, so keep the 
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import shutil
 import tempfile
@@ -26,6 +25,7 @@ from rlserve.server.admin_files import (
     read_limited,
 )
 from rlserve.server.errors import APIError
+from rlserve.server.safetensors_body import parse_safetensors, read_body
 from rlserve.server.state import ServerState
 
 UPDATE_MODES = ("keep", "wait", "abort")
@@ -92,14 +92,12 @@ def update_options(source: Any) -> tuple[int | None, str, bool]:
 
 async def tensors_from_body(request: Request, limit: int) -> dict[str, Any]:
     """The safetensors state dict streamed in the body; 413 over `limit`, 400 if corrupt."""
-    from safetensors.torch import load
-
-    data = await read_limited(request, limit, "the weight update body")
-    if not data:
+    body = await read_body(request, limit, "the weight update body")
+    if not body.numel():
         raise APIError(400, "the request body is empty; send safetensors bytes")
     try:
-        return await asyncio.to_thread(load, bytes(data))
-    except Exception as exc:  # safetensors raises its own error type for a bad buffer
+        return parse_safetensors(body)
+    except ValueError as exc:
         raise APIError(400, f"the body is not valid safetensors: {exc}") from exc
 
 

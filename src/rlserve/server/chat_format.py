@@ -128,6 +128,7 @@ class ChatView:
         }
         if self.req.return_token_ids:
             choice["token_ids"] = sample.token_ids
+            choice["weight_versions"] = sample.weight_versions
         return choice
 
     # ---- stream chunks --------------------------------------------------------------------
@@ -161,6 +162,7 @@ class ChatView:
             }
             if self.req.return_token_ids:
                 choice["token_ids"] = out.token_ids
+                choice["weight_versions"] = out.weight_versions
             self.completion_tokens += len(out.token_ids)
             chunks.append(self._chunk(choice))
         return chunks

@@ -82,6 +82,7 @@ class CompletionView:
         if req.return_token_ids:
             choice["prompt_token_ids"] = prompt_ids
             choice["token_ids"] = sample.token_ids
+            choice["weight_versions"] = sample.weight_versions
         if req.prompt_logprobs is not None:
             choice["prompt_logprobs"] = prompt_logprobs_entries(
                 prompt_ids, result.prompt_logprobs, result.prompt_top_logprobs, self.text_of
@@ -117,6 +118,7 @@ class CompletionView:
                 if first:
                     choice["prompt_token_ids"] = prompt_ids
                 choice["token_ids"] = out.token_ids
+                choice["weight_versions"] = out.weight_versions
             if self.req.prompt_logprobs is not None and delta.prompt_logprobs is not None:
                 choice["prompt_logprobs"] = prompt_logprobs_entries(
                     prompt_ids, delta.prompt_logprobs, delta.prompt_top_logprobs, self.text_of
