@@ -73,6 +73,9 @@ def measure_http_update(
             server.kill()
     best = min(times)
     gbps = nbytes / best / 1e9
+    first = nbytes / times[0] / 1e9
     return ("POST /update_weights, streamed safetensors over loopback",
-            f"{best * 1e3:.0f} ms ({gbps:.2f} GB/s)", f"goal >= {GOAL_GBPS:.0f} GB/s",
+            f"{best * 1e3:.0f} ms ({gbps:.2f} GB/s; the first update {times[0] * 1e3:.0f} ms, "
+            f"{first:.2f} GB/s, also faults in the receive buffer)",
+            f"goal >= {GOAL_GBPS:.0f} GB/s",
             f"{gbps / GOAL_GBPS:.2f}x of goal")

@@ -83,6 +83,14 @@ def test_streamed_update_matches_fresh_engine(server, client, dirs) -> None:
         assert tokens == want.outputs[0].token_ids
         pairs = zip(logprobs, want.outputs[0].logprobs, strict=True)
         assert max(abs(a - b) for a, b in pairs) <= 1e-6
+    # The same bytes without a Content-Length (chunked) take the other receive path.
+    body = (dirs["B"] / "model.safetensors").read_bytes()
+    headers = {"Authorization": f"Bearer {ADMIN}", "content-type": "application/octet-stream"}
+    chunked = httpx.post(server.url + "/update_weights", headers=headers,
+                         content=iter([body[:1000], body[1000:]]))
+    assert chunked.json()["policy_version"] == before + 2
+    want = fresh.generate(PROMPTS[0], params)[0].outputs[0].token_ids
+    assert greedy(client, PROMPTS[0])[0] == want
 
 
 def test_path_update_and_refusals(client, dirs) -> None:
@@ -126,6 +134,12 @@ def test_size_limits_and_corrupt_body(server, client, dirs) -> None:
     cut = httpx.post(server.url + "/update_weights", content=body[: len(body) // 2],
                      headers=headers)
     assert cut.status_code == 400 and "safetensors" in cut.json()["error"]["message"]
+    chunked_big = httpx.post(server.url + "/update_weights", headers=headers,
+                             content=iter([b"\0" * 2**20] * 9))  # no Content-Length
+    assert chunked_big.status_code == 413
+    chunked_cut = httpx.post(server.url + "/update_weights", headers=headers,
+                             content=iter([body[: len(body) // 3]]))
+    assert chunked_cut.status_code == 400
     huge = dirs["root"] / "huge"
     huge.mkdir(exist_ok=True)
     (huge / "adapter_model.safetensors").write_bytes(os.urandom(2**20 + 10))

@@ -25,7 +25,7 @@ from rlserve.server.admin_files import (
     read_limited,
 )
 from rlserve.server.errors import APIError
-from rlserve.server.safetensors_body import parse_safetensors, read_body
+from rlserve.server.safetensors_body import ReceiveBuffer, parse_safetensors, read_body
 from rlserve.server.state import ServerState
 
 UPDATE_MODES = ("keep", "wait", "abort")
@@ -90,9 +90,10 @@ def update_options(source: Any) -> tuple[int | None, str, bool]:
     return version, mode, bool(recompute)
 
 
-async def tensors_from_body(request: Request, limit: int) -> dict[str, Any]:
+async def tensors_from_body(request: Request, limit: int, buffers: ReceiveBuffer
+                            ) -> dict[str, Any]:
     """The safetensors state dict streamed in the body; 413 over `limit`, 400 if corrupt."""
-    body = await read_body(request, limit, "the weight update body")
+    body = await read_body(request, limit, "the weight update body", buffers)
     if not body.numel():
         raise APIError(400, "the request body is empty; send safetensors bytes")
     try:
@@ -105,14 +106,17 @@ async def update_weights(state: ServerState, request: Request) -> JSONResponse:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/octet-stream":
         version, mode, recompute = update_options(request.query_params)
-        weights: Any = await tensors_from_body(request, state.config.max_update_bytes)
+        async with state.receive_buffer.lock:  # the tensors are views of the shared buffer
+            weights: Any = await tensors_from_body(request, state.config.max_update_bytes,
+                                                   state.receive_buffer)
+            new = await engine_call(
+                state, lambda e: e.update_weights(weights, version, recompute_kv=recompute), mode)
     else:
         body = await json_body(request)
         version, mode, recompute = update_options(body)
-        weights = path_under(state.config.weights_dir, body.get("path"), "path")
-    new = await engine_call(
-        state, lambda e: e.update_weights(weights, version, recompute_kv=recompute), mode
-    )
+        path = path_under(state.config.weights_dir, body.get("path"), "path")
+        new = await engine_call(
+            state, lambda e: e.update_weights(path, version, recompute_kv=recompute), mode)
     return JSONResponse({"policy_version": new, "mode": mode})
 
 

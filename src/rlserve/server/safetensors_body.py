@@ -1,6 +1,6 @@
-"""A safetensors request body read with one copy: the bytes land in one buffer as they
-arrive and the tensors are views into it. (`safetensors.torch.load` on the body would copy
-every byte twice more.)
+"""A safetensors request body read with one copy: the bytes land in one reused buffer as
+they arrive and the tensors are views into it. (`safetensors.torch.load` on the body would
+copy every byte twice more.)
 
 The format: an 8-byte little-endian header length, a JSON header
 `{name: {"dtype", "shape", "data_offsets": [begin, end]}}`, then the raw tensor bytes.
@@ -8,6 +8,7 @@ The format: an 8-byte little-endian header length, a JSON header
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from typing import Any
@@ -25,8 +26,26 @@ DTYPES = {
 }
 
 
-async def read_body(request: Request, limit: int, what: str) -> torch.Tensor:
-    """The body as a uint8 tensor; 413 past `limit`, 400 if shorter than declared."""
+class ReceiveBuffer:
+    """One buffer reused by every weight update. A fresh multi-GB buffer takes a page fault
+    per 4 KiB on first write, which was most of an update's time; a reused one does not.
+    Hold `lock` from reading a body until its tensors have been copied into the model."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self._buffer = torch.empty(0, dtype=torch.uint8)
+
+    def take(self, size: int) -> torch.Tensor:
+        if self._buffer.numel() < size:
+            self._buffer = torch.empty(0, dtype=torch.uint8)  # free the old one first
+            self._buffer = torch.empty(size, dtype=torch.uint8)
+        return self._buffer[:size]
+
+
+async def read_body(request: Request, limit: int, what: str,
+                    buffers: ReceiveBuffer) -> torch.Tensor:
+    """The body as a uint8 tensor (in `buffers` when its length is declared); 413 past
+    `limit`, 400 if it is not as long as declared."""
     declared = request.headers.get("content-length")
     if not (declared and declared.isdigit()):
         data = bytearray()
@@ -40,7 +59,7 @@ async def read_body(request: Request, limit: int, what: str) -> torch.Tensor:
     size = int(declared)
     if size > limit:
         raise too_large(limit, what)
-    buffer = torch.empty(size, dtype=torch.uint8)
+    buffer = buffers.take(size)
     view, filled = memoryview(buffer.numpy()), 0
     async for chunk in request.stream():
         if filled + len(chunk) > size:

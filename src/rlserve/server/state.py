@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rlserve.server.config import ServerConfig
@@ -12,6 +12,7 @@ from rlserve.server.engine_loop import EngineLoop
 from rlserve.server.errors import APIError
 from rlserve.server.logprob_format import TokenRenderer
 from rlserve.server.metrics import ServerMetrics
+from rlserve.server.safetensors_body import ReceiveBuffer
 
 
 @dataclass
@@ -29,6 +30,7 @@ class ServerState:
     metrics: ServerMetrics
     default_adapter: str | None = None
     created: int = 0
+    receive_buffer: ReceiveBuffer = field(default_factory=ReceiveBuffer)
 
     def __post_init__(self) -> None:
         self.created = self.created or int(time.time())
