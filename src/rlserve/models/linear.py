@@ -2,7 +2,7 @@
 
 On CPU in fp32 it calls oneDNN's inner-product kernel instead of MKL's sgemm, which
 `torch.nn.functional.linear` uses. On this project's CPUs (AMD, AVX-512) MKL takes slow
-paths: oneDNN is 1.7x faster at batch 1 and 2.3-3x faster at batch 2-512
+paths: oneDNN is about 1.8x faster at batch 1 and 2-3x faster at batch 2-512
 (`bench/kernels.py` measures both). oneDNN reads the dense weight on every call, so in-place
 weight updates take effect immediately, exactly as with F.linear.
 """

@@ -90,10 +90,10 @@ def update_options(source: Any) -> tuple[int | None, str, bool]:
     return version, mode, bool(recompute)
 
 
-async def tensors_from_body(request: Request, limit: int, buffers: ReceiveBuffer
+async def tensors_from_body(request: Request, limit: int, receive_buffer: ReceiveBuffer
                             ) -> dict[str, Any]:
     """The safetensors state dict streamed in the body; 413 over `limit`, 400 if corrupt."""
-    body = await read_body(request, limit, "the weight update body", buffers)
+    body = await read_body(request, limit, "the weight update body", receive_buffer)
     if not body.numel():
         raise APIError(400, "the request body is empty; send safetensors bytes")
     try:

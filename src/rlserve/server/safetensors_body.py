@@ -43,8 +43,8 @@ class ReceiveBuffer:
 
 
 async def read_body(request: Request, limit: int, what: str,
-                    buffers: ReceiveBuffer) -> torch.Tensor:
-    """The body as a uint8 tensor (in `buffers` when its length is declared); 413 past
+                    receive_buffer: ReceiveBuffer) -> torch.Tensor:
+    """The body as a uint8 tensor (in `receive_buffer` when its length is declared); 413 past
     `limit`, 400 if it is not as long as declared."""
     declared = request.headers.get("content-length")
     if not (declared and declared.isdigit()):
@@ -59,7 +59,7 @@ async def read_body(request: Request, limit: int, what: str,
     size = int(declared)
     if size > limit:
         raise too_large(limit, what)
-    buffer = buffers.take(size)
+    buffer = receive_buffer.take(size)
     view, filled = memoryview(buffer.numpy()), 0
     async for chunk in request.stream():
         if filled + len(chunk) > size:
