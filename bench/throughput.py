@@ -7,6 +7,7 @@ Runs on a random-weight checkpoint with Qwen3-0.6B's real shapes (fp32), in one 
   B1 batch-1 decode ms/step against weight bytes read per step / measured copy bandwidth
      (the issue's limit) and / measured read bandwidth (stricter: a copy also writes)
 Usage: python bench/throughput.py [--quick] [--threads 2] [--hf-batch-sizes 8,16]
+       python bench/throughput.py --device cuda --dtype bfloat16   (logits stay fp32)
 """
 
 from __future__ import annotations
@@ -47,20 +48,27 @@ def make_requests(w: Workload, vocab: int) -> list[tuple[list[int], int]]:
              rng.randint(*w.output_lens)) for _ in range(w.num_requests)]
 
 
-def bandwidths(num_bytes: int = 1 << 30) -> tuple[float, float]:
+def bandwidths(device: str, num_bytes: int = 1 << 30) -> tuple[float, float]:
     """Bytes per second of a large tensor copy (memcpy) and of a pure read (a sum), best of 5.
     A copy also writes what it reads, so the read rate is the stricter limit for decode."""
-    src = torch.ones(num_bytes // 4)
+    src = torch.ones(num_bytes // 4, device=device)
     dst = torch.empty_like(src)
-    best_copy = best_read = float("inf")
-    for _ in range(5):
+
+    def timed(fn) -> float:
+        sync(device)
         t = time.perf_counter()
-        dst.copy_(src)
-        best_copy = min(best_copy, time.perf_counter() - t)
-        t = time.perf_counter()
-        src.sum()
-        best_read = min(best_read, time.perf_counter() - t)
+        fn()
+        sync(device)
+        return time.perf_counter() - t
+
+    best_copy = min(timed(lambda: dst.copy_(src)) for _ in range(5))
+    best_read = min(timed(src.sum) for _ in range(5))
     return num_bytes / best_copy, num_bytes / best_read
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def run_rlserve_m(engine: Engine, requests) -> float:
@@ -77,6 +85,7 @@ def run_rlserve_m(engine: Engine, requests) -> float:
 
 def run_hf_m(model, requests, batch_size: int) -> float:
     """transformers generate over left-padded batches; counts only the requested tokens."""
+    device = model.device
     t = time.perf_counter()
     for start in range(0, len(requests), batch_size):
         batch = requests[start:start + batch_size]
@@ -88,7 +97,8 @@ def run_hf_m(model, requests, batch_size: int) -> float:
             mask[row, width - len(p):] = 1
         new = max(n for _, n in batch)
         with torch.no_grad():
-            model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new,
+            model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                           max_new_tokens=new,
                            min_new_tokens=new, do_sample=True, temperature=TEMPERATURE,
                            top_k=0, top_p=1.0, eos_token_id=None, pad_token_id=0)
     return sum(n for _, n in requests) / (time.perf_counter() - t)
@@ -128,20 +138,24 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--hf-batch-sizes", default=None, help="comma-separated, e.g. 8,16")
     parser.add_argument("--skip-hf", action="store_true")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", help="weights and KV cache")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     w = QUICK if args.quick else FULL
     sizes = [int(s) for s in (args.hf_batch_sizes or ("4,12" if args.quick else "16")).split(",")]
     path = qwen3_0_6b_checkpoint()
     engine = Engine(path, kv_cache_memory=(2 if args.quick else 8) * 1024**3,
-                    max_model_len=1024, max_num_seqs=64, max_num_batched_tokens=2048)
+                    max_model_len=1024, max_num_seqs=64, max_num_batched_tokens=2048,
+                    device=args.device, dtype=args.dtype)
     vocab = engine.model.config.vocab_size
     weight_bytes = sum(p.numel() * p.element_size() for p in engine.model.parameters())
     requests = make_requests(w, vocab)
-    print(f"{'quick' if args.quick else 'full'} run, fp32, {args.threads} threads, "
+    where = args.device if args.device != "cpu" else f"cpu, {args.threads} threads"
+    print(f"{'quick' if args.quick else 'full'} run, {args.dtype} ({where}), "
           f"weights {weight_bytes / 1e9:.2f} GB", flush=True)
 
-    copy_bw, read_bw = bandwidths()
+    copy_bw, read_bw = bandwidths(args.device)
     b1 = run_batch1_decode(engine, w.b1_steps)
     copy_limit, read_limit = weight_bytes / copy_bw, weight_bytes / read_bw
     print(f"B1: {b1 * 1e3:.1f} ms/step; copy {copy_bw / 1e9:.1f} GB/s -> limit "
@@ -159,7 +173,8 @@ def main() -> None:
     if not args.skip_hf:
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype))
+        model = model.to(args.device).eval()
         for bs in sizes:
             hf_results[bs] = run_hf_m(model, requests, bs)
             print(f"M: transformers generate, batch {bs}: {hf_results[bs]:.1f} tok/s", flush=True)

@@ -35,3 +35,19 @@ def test_decode_groups_cover_every_row_within_padding_and_size_caps():
             assert cap is None or batch == 1 or batch * width <= cap
             assert g.mask.sum().item() == sum(lengths[r] for r in g.rows.tolist())
     assert len(decode_groups(decodes, 16, 1, torch.device("cpu"))) == len(lengths)
+
+
+def test_matmul_decode_attention_equals_sdpa():
+    """The CUDA decode path (two matmuls) computes what SDPA computes (checked on CPU)."""
+    from rlserve.models.attention import decode_attention_matmul
+
+    torch.manual_seed(0)
+    batch, heads, kv_heads, span, dim = 3, 8, 2, 40, 16
+    q = torch.randn(batch, heads, dim)
+    keys, values = torch.randn(batch, span, kv_heads, dim), torch.randn(batch, span, kv_heads, dim)
+    mask = (torch.arange(span) < torch.tensor([40, 17, 1])[:, None])[:, None, None, :]
+    expected = F.scaled_dot_product_attention(
+        q.unsqueeze(2), keys.transpose(1, 2), values.transpose(1, 2), attn_mask=mask,
+        scale=0.3, enable_gqa=True).squeeze(2)
+    got = decode_attention_matmul(q, keys, values, mask, 0.3)
+    assert torch.allclose(got, expected, atol=1e-5)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rlserve.models.attention import AttentionMetadata, paged_attention
+from rlserve.models.attention import AttentionMetadata, attention_backends, paged_attention
 from rlserve.models.config import ModelConfig
 from rlserve.models.linear import Linear, linear
 from rlserve.models.lora import LoRABatch, add_lora
@@ -178,8 +178,9 @@ class LlamaModel(nn.Module):
         """Hidden states of a flat batch; `lora` says which rows use which adapter."""
         x = self.embed_tokens(input_ids)
         angles = self.rope(positions, x.dtype)
-        for layer in self.layers:
-            x = layer(x, angles, meta, lora)
+        with attention_backends(x.device):
+            for layer in self.layers:
+                x = layer(x, angles, meta, lora)
         return self.norm(x)
 
     @torch.inference_mode()
