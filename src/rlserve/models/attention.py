@@ -49,8 +49,8 @@ class AttentionMetadata:
 
 
 def attention_backends(device: torch.device) -> contextlib.AbstractContextManager:
-    """Enter around a forward pass. On CUDA it keeps SDPA off cuDNN, whose per-call planning
-    costs ~0.5 ms of CPU: it made the 64-request workload 1.8x slower (H100)."""
+    """Enter around a forward pass. On CUDA it keeps SDPA off cuDNN, whose planning costs
+    ~0.5 ms of CPU per call (H100): with it, the 64-request benchmark ran 1.8x slower."""
     if device.type != "cuda":
         return contextlib.nullcontext()
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
