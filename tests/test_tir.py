@@ -3,10 +3,17 @@ appended as a fenced block, and generation continues in the same assistant turn.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
 from rlserve import SamplingParams
 from rlserve.rl import TIRConfig, rollout, rollout_batch
+from rlserve.rl.generators import Sample
 from rlserve.rl.tir import (
     extract_code,
     format_output,
@@ -15,7 +22,7 @@ from rlserve.rl.tir import (
     strip_fence,
     truncate,
 )
-from rlserve.sandbox import Sandbox, SandboxResult
+from rlserve.sandbox import Sandbox, SandboxConfig, SandboxResult
 from tests.test_rollout import (
     CALCULATOR,
     QUESTION,
@@ -23,6 +30,7 @@ from tests.test_rollout import (
     assert_matches_fresh_render,
     check_consistent,
 )
+from tests.test_sandbox_processes import WAIT_TO_BE_KILLED, kill_runs_under
 
 TIR = TIRConfig()
 PROBLEM = [{"role": "user", "content": "What is the sum of 1..9?"}]
@@ -40,6 +48,34 @@ def after_output(*replies: str):
     return lambda prompt: replies[min(prompt.count("```output"), len(replies) - 1)]
 
 
+class StopStringPolicy(ScriptedPolicy):
+    """A ScriptedPolicy that samples every character as its own ordinary token (so the
+    end marker is never its special token) and honours stop strings as the engine does:
+    the text is checked after each token and the token completing a stop string is kept.
+    With `report_stop=False` it names no stop reason, as some servers do."""
+
+    def __init__(self, tokenizer, reply, report_stop: bool = True) -> None:
+        super().__init__(tokenizer, reply, split_chars=True)
+        self.report_stop = report_stop
+
+    def generate(self, requests, on_done) -> None:
+        self.rounds.append(len(requests))
+        for k, (prompt, params) in enumerate(requests):
+            ids = self._encode(self.reply(self.tokenizer.decode(prompt))) + [self.end_id]
+            out, stop_reason = [], None
+            for token in ids:
+                out.append(token)
+                if token in params.stop_token_ids:
+                    stop_reason = token
+                    break
+                text = self.tokenizer.decode(out, skip_special_tokens=True)
+                stop_reason = next((s for s in params.stop if s in text), None)
+                if stop_reason is not None:
+                    break
+            reported = stop_reason if self.report_stop else None
+            on_done(k, Sample(out, [-0.5] * len(out), [3] * len(out), "stop", reported))
+
+
 # ---- the pure parts ----------------------------------------------------------------------
 
 
@@ -55,15 +91,18 @@ def test_extract_code_takes_the_last_block_and_strips_fences():
     assert strip_fence("\nprint(1)\n\n") == "print(1)"
 
 
-@pytest.mark.parametrize(("code", "shown"), [
-    ("1 + 2", True),
-    ("x = 3\nx * 2", True),
-    ("x = 3; x", True),
-    ("(1 +\n 2)  # comment", True),
-    ("x = 3", False),
-    ("print(1)\nNone", True),
-    ("def f(:", False),
-])
+@pytest.mark.parametrize(
+    ("code", "shown"),
+    [
+        ("1 + 2", True),
+        ("x = 3\nx * 2", True),
+        ("x = 3; x", True),
+        ("(1 +\n 2)  # comment", True),
+        ("x = 3", False),
+        ("print(1)\nNone", True),
+        ("def f(:", False),
+    ],
+)
 def test_show_last_expression(code, shown):
     wrapped = show_last_expression(code)
     assert (wrapped != code) == shown
@@ -108,9 +147,9 @@ def test_scripted_tir_rollout_appends_output_in_the_same_turn(bundled, sandbox):
     text = tok.decode(traj.completion_ids)
     assert text == CODE_REPLY + "\n```output\n45\n```\nSo the sum is 45.<|im_end|>"
     tool = next(s for s in traj.segments if s.kind == "tool")
-    assert tok.decode(traj.completion_ids[tool.start:tool.end]).strip() == "45"
+    assert tok.decode(traj.completion_ids[tool.start : tool.end]).strip() == "45"
     # One assistant message holds the whole turn; rendering it gives the stream back.
-    assert traj.messages[-1] == {"role": "assistant", "content": text[:-len("<|im_end|>")]}
+    assert traj.messages[-1] == {"role": "assistant", "content": text[: -len("<|im_end|>")]}
     assert_matches_fresh_render(tok, traj, traj.messages, None)
 
 
@@ -137,10 +176,58 @@ def test_tir_sandbox_failure_is_an_infra_error(bundled):
     assert [s.kind for s in traj.segments] == ["model"]
 
 
+@pytest.mark.parametrize("report_stop", [True, False])
+def test_tir_stops_at_an_end_marker_spelled_with_ordinary_tokens(bundled, sandbox, report_stop):
+    tok = bundled.tokenizer
+    end_id = tok.convert_tokens_to_ids(TIR.end)
+    policy = StopStringPolicy(tok, after_output(CODE_REPLY, "So the sum is 45."), report_stop)
+    traj = rollout(policy, PROBLEM, max_assistant_turns=4, tir=TIR, sandbox=sandbox)
+    assert traj.finish_reason == "stop" and not traj.infra_error and traj.num_turns == 2
+    check_consistent(traj)
+    first = traj.segments[0]
+    assert end_id not in traj.completion_ids[first.start : first.end]  # ordinary tokens
+    assert tok.decode(traj.completion_ids[first.start : first.end]) == CODE_REPLY
+    content = traj.messages[-1]["content"]
+    assert content == CODE_REPLY + "\n```output\n45\n```\nSo the sum is 45."
+
+
+@pytest.fixture
+def workdir_root() -> Iterator[Path]:
+    """A parent for the sandbox's work dirs that sandbox uids can traverse."""
+    path = Path(tempfile.mkdtemp(prefix="rlserve-test-tir-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_tir_run_killed_from_outside_is_an_infra_error(bundled, workdir_root):
+    """A real sandbox run SIGKILLed by someone else: the trajectory is flagged, and the
+    model is not shown an empty output block as if its code had printed nothing."""
+    reply = f"<tool_call>\n{WAIT_TO_BE_KILLED}</tool_call>"
+    policy = ScriptedPolicy(bundled.tokenizer, after_output(reply, "done"))
+    config = SandboxConfig(max_concurrency=1, max_sessions=1, workdir_root=str(workdir_root))
+    killed: list[int] = []
+    with Sandbox(config) as box:
+        killer = threading.Thread(target=lambda: killed.extend(kill_runs_under(workdir_root)))
+        killer.start()
+        try:
+            traj = rollout(
+                policy, PROBLEM, max_assistant_turns=4, tir=TIRConfig(timeout_s=30), sandbox=box
+            )
+        finally:
+            killer.join()
+    assert killed
+    assert traj.infra_error and traj.finish_reason == "infra_error", traj.error
+    assert "killed by SIGKILL from outside the sandbox" in traj.error
+    assert [s.kind for s in traj.segments] == ["model"]
+    assert "```output" not in traj.messages[-1]["content"]
+
+
 def test_tir_max_turns_and_group_rounds(bundled, sandbox):
     policy = ScriptedPolicy(bundled.tokenizer, after_output(CODE_REPLY))
-    group = rollout_batch(policy, [PROBLEM] * 4, max_assistant_turns=3, tir=TIR,
-                          sandbox=sandbox)
+    group = rollout_batch(policy, [PROBLEM] * 4, max_assistant_turns=3, tir=TIR, sandbox=sandbox)
     assert policy.rounds == [4, 4, 4]
     for traj in group:
         assert traj.finish_reason == "max_turns" and traj.num_turns == 3
@@ -164,10 +251,13 @@ def test_bundled_tir_rollout(bundled, sandbox):
     assert [s.kind for s in traj.segments][:2] == ["model", "template"]
     assert traj.segments[-1].kind == "model"
     first = traj.segments[0]
-    assert tok.decode(traj.completion_ids[first.start:first.end]).endswith("</tool_call>")
-    tool_text = "".join(tok.decode(traj.completion_ids[s.start:s.end])
-                        for s in traj.segments if s.kind == "tool")
+    assert tok.decode(traj.completion_ids[first.start : first.end]).endswith("</tool_call>")
+    tool_text = "".join(
+        tok.decode(traj.completion_ids[s.start : s.end]) for s in traj.segments if s.kind == "tool"
+    )
     assert "'name': 'calculator'" in tool_text and "347 * 29" in tool_text
     scored = bundled.score(traj.prompt_ids, traj.completion_ids, temperature=1.0)
+    # fp32 bound of DESIGN contract 1: one token here differs by 1.3e-5 on an AVX-512 CPU
+    # (summation order of decode vs teacher-forced scoring; with or without prefix cache).
     for lp, ref, mask in zip(traj.logprobs, scored, traj.loss_mask, strict=True):
-        assert mask == 0 or abs(lp - ref) <= 1e-5
+        assert mask == 0 or abs(lp - ref) <= 1e-4

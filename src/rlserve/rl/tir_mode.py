@@ -40,8 +40,9 @@ class CodeOutput:
 
 class TIRMode:
     """One assistant turn interleaving generation and sandboxed code runs. The end
-    marker stops generation: as a stop token id when it is one token, else as a stop
-    string (kept in the output)."""
+    marker stops generation as a stop string (kept in the output), and also as a stop
+    token id when it is one token: a model may spell it either way. A round that stopped
+    with text ending in the marker counts too, whatever stop reason the generator gave."""
 
     def __init__(self, tokenizer: Any, config: TIRConfig, sandbox: Sandbox) -> None:
         self.tokenizer = tokenizer
@@ -51,14 +52,21 @@ class TIRMode:
         self.end_id = end_ids[0] if len(end_ids) == 1 else None
 
     def turn_params(self, params: SamplingParams) -> SamplingParams:
-        if self.end_id is not None:
-            return replace(params, stop_token_ids=[*params.stop_token_ids, self.end_id])
-        return replace(params, stop=[*params.stop, self.config.end],
-                       include_stop_str_in_output=True)
+        stop_ids = list(params.stop_token_ids)
+        if self.end_id is not None and self.end_id not in stop_ids:
+            stop_ids.append(self.end_id)
+        stop = (
+            [*params.stop, self.config.end]
+            if self.config.end not in params.stop
+            else list(params.stop)
+        )
+        return replace(params, stop=stop, stop_token_ids=stop_ids, include_stop_str_in_output=True)
 
     def after_generation(self, traj: Trajectory, sample: Sample) -> CodeRun | None:
-        at_marker = self._stopped_at_marker(sample)
-        text = sampled_text(self.tokenizer, sample, keep_last=at_marker)
+        text = sampled_text(self.tokenizer, sample, keep_last=True)
+        at_marker = self._stopped_at_marker(sample, text)
+        if not at_marker:
+            text = sampled_text(self.tokenizer, sample)
         if traj.num_turns == 1:  # the first round opens the assistant turn
             traj.messages.append({"role": "assistant", "content": ""})
             traj.template_messages.append({"role": "assistant", "content": ""})
@@ -69,8 +77,9 @@ class TIRMode:
     def execute(self, plan: CodeRun) -> CodeOutput:
         if plan.code is None:
             return CodeOutput(missing_code_message(self.config))
-        result = self.sandbox.run(code_to_run(plan.code, self.config),
-                                  timeout=self.config.timeout_s)
+        result = self.sandbox.run(
+            code_to_run(plan.code, self.config), timeout=self.config.timeout_s
+        )
         if result.status == "sandbox_error":
             return CodeOutput(infra_error=f"sandbox error: {result.stderr.strip()}")
         return CodeOutput(format_output(result, self.config))
@@ -89,7 +98,12 @@ class TIRMode:
         traj.messages[-1]["content"] += cont.text
         traj.template_messages[-1]["content"] += cont.text
 
-    def _stopped_at_marker(self, sample: Sample) -> bool:
-        if sample.finish_reason != "stop" or sample.stop_reason is None:
+    def _stopped_at_marker(self, sample: Sample, text: str) -> bool:
+        """`text`: every sampled token decoded, the last one included."""
+        if sample.finish_reason != "stop":
             return False
-        return sample.stop_reason in (self.config.end, self.end_id)
+        if sample.stop_reason is not None and sample.stop_reason in (self.config.end, self.end_id):
+            return True
+        # The generator stopped without naming the marker (a server that reports no stop
+        # reason), or the marker came as ordinary tokens that end the text.
+        return text.endswith(self.config.end)

@@ -44,9 +44,14 @@ class SandboxConfig:
     per run slot, so RLIMIT_NPROC is enforced and files outside the work dir are protected,
     plus user/network/pid/mount namespaces via util-linux ``unshare``), ``namespaces+rlimits``
     (non-root), ``uid+rlimits`` and ``rlimits``. Note that plain ``rlimits`` as root keeps root
-    privileges: no process-count limit, no file-system protection. The uids
-    ``uid_base .. uid_base + max_concurrency + max_sessions - 1`` must not be used by anything
-    else: the sandbox kills every process they own after each run.
+    privileges: no process-count limit, no file-system protection.
+
+    As root a sandbox leases ``max_concurrency + max_sessions`` uids from the pool
+    ``uid_base .. uid_base + uid_pool_size - 1`` through lock files in ``uid_lock_dir``
+    (default ``/run/rlserve-sandbox-uids``), so sandboxes in any number of processes, the
+    ``rlserve sandbox`` service included, get disjoint uids and never kill each other's runs.
+    Uids with a passwd or group entry are skipped; the rest of the pool must not be used by
+    anything else: the sandbox kills every process of a uid it holds after each run.
     """
 
     timeout_s: float = 10.0  # default wall-clock limit per execution
@@ -62,7 +67,9 @@ class SandboxConfig:
     max_concurrency: int = 4
     max_sessions: int = 8
     isolation: str = "auto"
-    uid_base: int = 61000  # when root: run slot i uses uid_base + i (no passwd entry needed)
+    uid_base: int = 61000  # when root: first uid of the pool sandbox uids are leased from
+    uid_pool_size: int = 4000  # uids in the pool, shared by every sandbox on the machine
+    uid_lock_dir: str | None = None  # None: /run/rlserve-sandbox-uids (or under the temp dir)
     python: str | None = None  # interpreter for snippets; None picks one the sandbox can run
     site_packages: bool = False
     workdir_root: str | None = None  # parent of the per-run temporary directories
@@ -82,6 +89,7 @@ class SandboxConfig:
             "max_code_chars",
             "max_concurrency",
             "max_sessions",
+            "uid_pool_size",
         ):
             _check_positive(name, getattr(self, name), integer=True)
         if self.timeout_s > self.max_timeout_s:
@@ -93,14 +101,26 @@ class SandboxConfig:
             raise ValueError(f"unknown isolation {self.isolation!r}; choose one of {choices}")
         if isinstance(self.uid_base, bool) or not isinstance(self.uid_base, int):
             raise ValueError(f"uid_base must be an integer, got {self.uid_base!r}")
-        if not 1000 <= self.uid_base <= 2**31 - 1 - self.uid_count:
-            raise ValueError(f"uid_base must leave room for {self.uid_count} unprivileged uids")
+        if not 1000 <= self.uid_base <= 2**31 - 1 - self.uid_pool_size:
+            raise ValueError(
+                f"uid_base must be >= 1000 and leave room for uid_pool_size "
+                f"({self.uid_pool_size}) uids below 2**31, got {self.uid_base}"
+            )
+        if self.uid_pool_size < self.uid_count:
+            raise ValueError(
+                f"uid_pool_size ({self.uid_pool_size}) must be at least max_concurrency + "
+                f"max_sessions ({self.uid_count})"
+            )
+        if self.uid_lock_dir is not None and (
+            not isinstance(self.uid_lock_dir, str) or not self.uid_lock_dir.startswith("/")
+        ):
+            raise ValueError(f"uid_lock_dir must be an absolute path, got {self.uid_lock_dir!r}")
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.extra_env.items()):
             raise ValueError("extra_env must map strings to strings")
 
     @property
     def uid_count(self) -> int:
-        """How many uids the sandbox uses when it runs as root (run slots + sessions)."""
+        """How many uids a sandbox leases when it runs as root (run slots + sessions)."""
         return self.max_concurrency + self.max_sessions
 
     def check_timeout(self, timeout: float | None) -> float:
@@ -120,7 +140,8 @@ class SandboxResult:
     ``status`` is one of ``completed`` (exit 0), ``error`` (non-zero exit, exception or
     syntax error), ``timeout`` (wall-clock or CPU limit), ``memory`` (MemoryError or the
     address-space limit), ``output_limit`` (stdout or stderr over the cap; the run was killed)
-    and ``sandbox_error`` (the sandbox itself failed). ``state_lost`` is set on session calls
+    and ``sandbox_error`` (the sandbox itself failed, or the run was killed from outside
+    the sandbox: an infrastructure error, not the code's). ``state_lost`` is set on session calls
     whose interpreter state is gone: the call that killed it, and the first call served by the
     fresh interpreter.
     """

@@ -69,9 +69,10 @@ def candidate_plans(config: SandboxConfig, level: str) -> Iterator[IsolationPlan
             yield IsolationPlan(level=level, python=python, wrapper=wrapper, drop_uid=drop_uid)
 
 
-def probe(config: SandboxConfig, plan: IsolationPlan) -> str | None:
-    """Run the probe snippet under ``plan``; None when it works, else the reason it failed."""
-    launcher = Launcher(config, plan)
+def probe(config: SandboxConfig, plan: IsolationPlan, uid: int | None) -> str | None:
+    """Run the probe snippet under ``plan`` (as ``uid``, a sandbox uid this process holds,
+    when the plan drops privileges); None when it works, else the reason it failed."""
+    launcher = Launcher(config, plan, () if uid is None else (uid,))
     uid = launcher.uid_for(0)
     result = run_snippet(launcher, PROBE_CODE, PROBE_TIMEOUT_S, uid)
     expected = f"rlserve-probe {plan.expected_uid(uid)}"
@@ -80,17 +81,20 @@ def probe(config: SandboxConfig, plan: IsolationPlan) -> str | None:
     return f"{result.status}: {(result.stderr or result.stdout).strip()[-300:]}"
 
 
-def detect(config: SandboxConfig) -> IsolationPlan:
-    """The strongest working plan for ``config`` (probed once per process and cached)."""
+def detect(config: SandboxConfig, probe_uid: int | None = None) -> IsolationPlan:
+    """The strongest working plan for ``config`` (probed once per process and cached).
+    Plans that drop privileges are only tried with a ``probe_uid`` to run the probe as."""
     is_root = os.geteuid() == 0
-    key = (config.isolation, config.python, config.uid_base, config.site_packages, is_root)
+    key = (config.isolation, config.python, config.site_packages, is_root)
     with _cache_lock:
         if key in _cache:
             return _cache[key]
         failures: list[str] = []
         for level in levels_to_try(config, is_root):
             for plan in candidate_plans(config, level):
-                reason = probe(config, plan)
+                if plan.drop_uid and probe_uid is None:
+                    continue
+                reason = probe(config, plan, probe_uid)
                 if reason is None:
                     _cache[key] = plan
                     return plan

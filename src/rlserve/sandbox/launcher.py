@@ -8,17 +8,24 @@ from collections.abc import Sequence
 from rlserve.sandbox.config import SandboxConfig
 from rlserve.sandbox.limits import ChildLimits, make_preexec
 from rlserve.sandbox.plan import IsolationPlan
-from rlserve.sandbox.process import kill_children_first, kill_group, kill_uid
+from rlserve.sandbox.process import collect, kill_children_first, kill_group, kill_uid
 
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 class Launcher:
-    """Builds the command line, environment and pre-exec hook of every sandbox child."""
+    """Builds the command line, environment and pre-exec hook of every sandbox child.
 
-    def __init__(self, config: SandboxConfig, plan: IsolationPlan) -> None:
+    ``uids`` are the sandbox uids this process holds (see :mod:`rlserve.sandbox.uids`):
+    slot ``i`` runs as ``uids[i]`` when the plan drops privileges.
+    """
+
+    def __init__(
+        self, config: SandboxConfig, plan: IsolationPlan, uids: Sequence[int] = ()
+    ) -> None:
         self.config = config
         self.plan = plan
+        self.uids = tuple(uids)
 
     def python_argv(self) -> list[str]:
         flags = ["-I", "-B", "-u"] if self.config.site_packages else ["-I", "-S", "-B", "-u"]
@@ -40,7 +47,7 @@ class Launcher:
 
     def uid_for(self, index: int) -> int | None:
         """The dedicated uid of run slot / session slot ``index``, or None without uid drop."""
-        return self.config.uid_base + index if self.plan.drop_uid else None
+        return self.uids[index] if self.plan.drop_uid else None
 
     def spawn(
         self,
@@ -74,18 +81,17 @@ class Launcher:
             preexec_fn=make_preexec(limits),
         )
 
-    def reap(self, proc: subprocess.Popen[bytes], uid: int | None) -> None:
+    def reap(self, proc: subprocess.Popen[bytes], uid: int | None) -> float | None:
         """Kill the child's process group (and, with a dedicated uid, every process of that
-        uid), then collect the exit status and close the pipes."""
+        uid), then collect the exit status and close the pipes. Returns the CPU seconds the
+        child used (see :func:`rlserve.sandbox.process.collect`)."""
         if "--fork" in self.plan.wrapper:
             kill_children_first(proc)
         kill_group(proc)
         if uid is not None and self.plan.drop_uid:
             kill_uid(uid)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
+        cpu_s = collect(proc, timeout=10)
         for stream in (proc.stdin, proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
+        return cpu_s

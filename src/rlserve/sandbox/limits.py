@@ -11,6 +11,12 @@ from dataclasses import dataclass
 from rlserve.sandbox.process import processes_of_uid
 
 
+def cpu_soft_limit(cpu_s: float) -> int:
+    """RLIMIT_CPU's soft limit in whole seconds (SIGXCPU; the hard limit's SIGKILL follows
+    one second later)."""
+    return max(1, math.ceil(cpu_s))
+
+
 @dataclass(frozen=True)
 class ChildLimits:
     """What the pre-exec hook applies to one sandbox child."""
@@ -25,7 +31,7 @@ class ChildLimits:
     def rlimits(self, nproc: int | None = None) -> list[tuple[int, int, int]]:
         """(resource, soft, hard) triples. Hard limits are set too so that the snippet cannot
         raise them again; the CPU hard limit is one second later so SIGXCPU comes first."""
-        cpu = max(1, math.ceil(self.cpu_s))
+        cpu = cpu_soft_limit(self.cpu_s)
         nproc = self.processes if nproc is None else nproc
         return [
             (resource.RLIMIT_CORE, 0, 0),

@@ -106,6 +106,21 @@ def wait_exited(proc: subprocess.Popen[bytes], deadline: float) -> bool:
     return True
 
 
+def collect(proc: subprocess.Popen[bytes], timeout: float) -> float | None:
+    """Reap the child (waiting up to ``timeout``) and return the CPU seconds it and the
+    descendants it waited for used; None when that cannot be told (it did not exit, or was
+    reaped already). Sets ``proc.returncode`` like ``Popen.wait``."""
+    if proc.returncode is not None or not wait_exited(proc, time.monotonic() + timeout):
+        return None
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    except ChildProcessError:
+        proc.wait()
+        return None
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return usage.ru_utime + usage.ru_stime
+
+
 def drain(sinks: Mapping[int, Sink]) -> None:
     """Read whatever is already buffered in the pipes, without waiting for more."""
     selector = selectors.DefaultSelector()
@@ -205,14 +220,23 @@ def _status_fields(proc_dir: str, keys: tuple[str, ...]) -> dict[str, str]:
 
 def processes_of_uid(uid: int) -> dict[int, int]:
     """{pid: thread count} for every process whose real uid is ``uid`` (read from /proc)."""
-    found: dict[int, int] = {}
+    return {pid: threads for pid, (owner, threads) in _process_table().items() if owner == uid}
+
+
+def uids_with_processes(uids: set[int]) -> set[int]:
+    """Which of ``uids`` own at least one process (one scan of /proc)."""
+    return {owner for owner, _ in _process_table().values() if owner in uids}
+
+
+def _process_table() -> dict[int, tuple[int, int]]:
+    """{pid: (real uid, thread count)} of every process (read from /proc)."""
+    found: dict[int, tuple[int, int]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             fields = _status_fields(entry.path, ("Uid", "Threads"))
-            if int(fields["Uid"]) == uid:
-                found[int(entry.name)] = int(fields.get("Threads") or 1)
+            found[int(entry.name)] = (int(fields["Uid"]), int(fields.get("Threads") or 1))
         except (OSError, KeyError, ValueError):
             continue
     return found

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import time
 
-from rlserve.sandbox.classify import classify
+from rlserve.sandbox.classify import OUTSIDE_KILL_NOTE, classify, sigkill_cause
 from rlserve.sandbox.config import SandboxResult
 from rlserve.sandbox.launcher import Launcher
+from rlserve.sandbox.limits import cpu_soft_limit
 from rlserve.sandbox.process import StreamCapture, pump, wait_exited
 from rlserve.sandbox.workdir import make_workdir, remove_workdir
 
@@ -56,11 +57,14 @@ def _execute(
         if reason in ("eof", "exited") and not wait_exited(proc, deadline):
             reason = "deadline"
     finally:
-        launcher.reap(proc, uid)
+        cpu_used_s = launcher.reap(proc, uid)
     stderr = err.text()
     exit_code = launcher.plan.exit_code(proc.returncode)
+    sigkill = sigkill_cause(reason, exit_code, cpu_used_s, cpu_soft_limit(cpu_s))
+    if sigkill == "outside":
+        stderr += OUTSIDE_KILL_NOTE
     return SandboxResult(
-        status=classify(reason, exit_code, stderr),
+        status=classify(reason, exit_code, stderr, sigkill=sigkill),
         stdout=out.text(),
         stderr=stderr,
         truncated=out.overflow or err.overflow,

@@ -15,7 +15,7 @@ from rlserve.sandbox.plan import IsolationPlan
 from rlserve.sandbox.runner import run_snippet
 from rlserve.sandbox.sessions import SessionPool
 from rlserve.sandbox.slots import SlotPool
-from rlserve.sandbox.uids import claim_uids, release_uids
+from rlserve.sandbox.uids import UidLease, lease_uids
 
 MAX_SESSION_ID_CHARS = 128
 
@@ -27,14 +27,20 @@ class Sandbox:
     isolation that works; :attr:`isolation` names it. ``run`` blocks; ``arun`` runs in a
     worker thread so the event loop stays free. Both share one concurrency limit
     (``max_concurrency``). With ``session_id`` the code runs in a persistent interpreter.
+    As root, the uids it runs code as are leased for its lifetime (see
+    :mod:`rlserve.sandbox.uids`), so any number of sandboxes, in any processes, can share a
+    machine. A sandbox belongs to the process that created it: a forked child must make
+    its own.
     """
 
     def __init__(self, config: SandboxConfig | None = None) -> None:
         self.config = config if config is not None else SandboxConfig()
-        self.plan, claimed = _detect_with_uids(self.config)
-        self._launcher = Launcher(self.config, self.plan)
+        self._pid = os.getpid()
+        self.plan, lease = _detect_with_uids(self.config)
+        uids = lease.uids if lease is not None else ()
+        self._launcher = Launcher(self.config, self.plan, uids)
         self._slots = SlotPool(self.config.max_concurrency)
-        # Session uids follow the run-slot uids: uid_base + max_concurrency + j.
+        # Session j runs as the leased uid max_concurrency + j, after the run-slot uids.
         self._sessions = SessionPool(
             self._launcher, self.config.max_concurrency, self.config.max_sessions
         )
@@ -42,7 +48,7 @@ class Sandbox:
             max_workers=self.config.max_concurrency + self.config.max_sessions,
             thread_name_prefix="rlserve-sandbox",
         )
-        self._finalizer = weakref.finalize(self, _shutdown, self._sessions, self._executor, claimed)
+        self._finalizer = weakref.finalize(self, _shutdown, self._sessions, self._executor, lease)
 
     @property
     def isolation(self) -> str:
@@ -55,11 +61,9 @@ class Sandbox:
         return self.plan.python
 
     @property
-    def sandbox_uids(self) -> range:
+    def sandbox_uids(self) -> tuple[int, ...]:
         """Uids the sandbox runs code as (empty when it does not drop privileges)."""
-        if not self.plan.drop_uid:
-            return range(0)
-        return range(self.config.uid_base, self.config.uid_base + self.config.uid_count)
+        return self._launcher.uids if self.plan.drop_uid else ()
 
     def run(
         self, code: str, timeout: float | None = None, *, session_id: str | None = None
@@ -70,6 +74,11 @@ class Sandbox:
         sandbox is reported in the result instead.
         """
         timeout = self._validate(code, timeout, session_id)
+        if os.getpid() != self._pid:
+            raise RuntimeError(
+                "this Sandbox was created in another process (before a fork); "
+                "create a new one in this process"
+            )
         if session_id is None:
             with self._slots.slot() as index:
                 return run_snippet(self._launcher, code, timeout, self._launcher.uid_for(index))
@@ -119,25 +128,26 @@ class Sandbox:
         return self.config.check_timeout(timeout)
 
 
-def _detect_with_uids(cfg: SandboxConfig) -> tuple[IsolationPlan, range]:
-    """Probe the isolation, holding the sandbox uid range (the probe runs and cleans up as
-    uid_base); returns the plan and the uids kept for the sandbox's lifetime."""
-    candidate = range(cfg.uid_base, cfg.uid_base + cfg.uid_count)
+def _detect_with_uids(cfg: SandboxConfig) -> tuple[IsolationPlan, UidLease | None]:
+    """Probe the isolation, holding the sandbox's uids (the probe runs as the first one);
+    returns the plan and the lease kept for the sandbox's lifetime (None: no uid drop)."""
     may_drop = os.geteuid() == 0 and (cfg.isolation == "auto" or "uid" in cfg.isolation)
-    claimed = candidate if may_drop else range(0)
-    claim_uids(claimed)
+    if not may_drop:
+        return detect(cfg), None
+    lease = lease_uids(cfg.uid_count, cfg.uid_base, cfg.uid_pool_size, cfg.uid_lock_dir)
     try:
-        plan = detect(cfg)
+        plan = detect(cfg, probe_uid=lease.uids[0])
     except BaseException:
-        release_uids(claimed)
+        lease.release()
         raise
     if not plan.drop_uid:
-        release_uids(claimed)
-        claimed = range(0)
-    return plan, claimed
+        lease.release()
+        return plan, None
+    return plan, lease
 
 
-def _shutdown(sessions: SessionPool, executor: ThreadPoolExecutor, uids: range) -> None:
+def _shutdown(sessions: SessionPool, executor: ThreadPoolExecutor, lease: UidLease | None) -> None:
     sessions.close_all()
     executor.shutdown(wait=False)
-    release_uids(uids)
+    if lease is not None:
+        lease.release()

@@ -10,15 +10,17 @@ import threading
 import time
 from pathlib import Path
 
-from rlserve.sandbox.classify import classify
+from rlserve.sandbox.classify import OUTSIDE_KILL_NOTE, classify, sigkill_cause
 from rlserve.sandbox.config import SandboxResult
 from rlserve.sandbox.launcher import Launcher
-from rlserve.sandbox.process import StreamCapture, drain, has_exited, pump
+from rlserve.sandbox.limits import cpu_soft_limit
+from rlserve.sandbox.process import StreamCapture, drain, has_exited, pump, wait_exited
 from rlserve.sandbox.workdir import make_workdir, remove_workdir
 
 REPL_SOURCE = (Path(__file__).with_name("_repl.py")).read_text(encoding="utf-8")
 HEADER = struct.Struct(">I")
 MAX_FRAME_BYTES = 4096
+EXIT_WAIT_S = 1.0  # after its pipes close, how long an interpreter gets to exit by itself
 
 
 class FrameReader:
@@ -121,9 +123,11 @@ class Session:
         self._result_fd = read_fd
         self._lost = False
 
-    def _stop(self, *, lost: bool) -> None:
+    def _stop(self, *, lost: bool) -> float | None:
+        """Kill the interpreter; the CPU seconds it used (None: unknown or none running)."""
+        cpu_used_s = None
         if self._proc is not None:
-            self.launcher.reap(self._proc, self.uid)
+            cpu_used_s = self.launcher.reap(self._proc, self.uid)
             self._proc = None
         if self._result_fd is not None:
             os.close(self._result_fd)
@@ -132,6 +136,7 @@ class Session:
             remove_workdir(self._workdir)
             self._workdir = None
         self._lost = self._lost or lost
+        return cpu_used_s
 
     def _round_trip(self, code: str, deadline: float) -> SandboxResult:
         proc, result_fd = self._proc, self._result_fd
@@ -161,7 +166,14 @@ class Session:
             return SandboxResult(status, out.text(), stderr, exit_code=exit_code)
         # The interpreter is gone (crashed, CPU limit) or must go (timeout, output cap).
         proc = self._proc
-        self._stop(lost=True)
+        # Only an interpreter that died before the sandbox killed it can have been killed
+        # from outside (one that closed its pipes and kept running is killed below).
+        died_first = (
+            proc is not None
+            and reason in ("eof", "exited")
+            and wait_exited(proc, time.monotonic() + EXIT_WAIT_S)
+        )
+        cpu_used_s = self._stop(lost=True)
         returncode = self.launcher.plan.exit_code(proc.returncode if proc is not None else None)
         stderr = err.text()
         if frames.error is not None and not truncated:
@@ -171,8 +183,12 @@ class Session:
             reason = "overflow"
         elif reason not in ("deadline", "overflow"):
             reason = "eof"
+        cpu_limit_s = cpu_soft_limit(self.launcher.config.session_cpu_time_s)
+        sigkill = sigkill_cause(reason, returncode, cpu_used_s, cpu_limit_s) if died_first else None
+        if sigkill == "outside":
+            stderr += OUTSIDE_KILL_NOTE
         return SandboxResult(
-            status=classify(reason, returncode, stderr),
+            status=classify(reason, returncode, stderr, sigkill=sigkill),
             stdout=out.text(),
             stderr=stderr,
             truncated=truncated,
