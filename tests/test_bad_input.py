@@ -8,7 +8,8 @@ from rlserve import Engine, SamplingParams
 
 BAD_PARAMS = [
     ("n", 0), ("n", 1.5), ("temperature", -0.1), ("temperature", "hot"),
-    ("temperature", float("nan")), ("top_p", 0.0), ("top_p", 1.5), ("top_k", 0),
+    ("temperature", float("nan")), ("temperature", float("inf")), ("top_p", 0.0),
+    ("top_p", 1.5), ("top_k", 0),
     ("top_k", -2), ("min_p", -0.1), ("min_p", 1.1), ("max_tokens", 0), ("max_tokens", -5),
     ("min_tokens", -1), ("stop", [""]), ("stop", [3]), ("stop_token_ids", [-1]),
     ("seed", "x"), ("logprobs", -1), ("prompt_logprobs", -2), ("ignore_eos", "yes"),

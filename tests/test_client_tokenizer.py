@@ -50,3 +50,42 @@ def test_apply_chat_template_text_tools_and_ids(tokenizer_dir: Path) -> None:
 def test_client_without_tokenizer_says_so() -> None:
     with Client("http://127.0.0.1:9") as client, pytest.raises(ValueError, match="tokenizer"):
         client.apply_chat_template([{"role": "user", "content": "x"}])
+
+
+def _gemma_like(folder: Path) -> Path:
+    """A tiny tokenizer with Gemma-2's special tokens, saved under `folder`."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2, "<end_of_turn>": 3, "hi": 4}
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=raw,
+        eos_token="<eos>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        additional_special_tokens=["<end_of_turn>"],
+    )
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_correct_gemma2_makes_end_of_turn_the_eos(tmp_path: Path) -> None:
+    gemma = _gemma_like(tmp_path / "gemma-2-2b-it")
+    tok = hf_tokenizer(str(gemma))
+    assert (tok.eos_token, tok.eos_token_id) == ("<end_of_turn>", 3)
+    assert hf_tokenizer(str(gemma), correct_gemma2=False).eos_token == "<eos>"
+    # Only Gemma-2 instruct checkpoints: the base model and other names keep their EOS.
+    for name in ("gemma-2-2b", "other-model"):
+        assert hf_tokenizer(str(_gemma_like(tmp_path / name))).eos_token == "<eos>"
+
+
+def test_correct_gemma2_leaves_a_vocabulary_without_end_of_turn_alone(
+    tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    named = tmp_path / "gemma-2-9b-it"
+    shutil.copytree(tokenizer_dir, named)
+    assert hf_tokenizer(str(named)).eos_token == "<eos>"

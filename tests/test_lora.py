@@ -114,3 +114,29 @@ def test_bad_adapters_are_refused(engine, adapters, tmp_path):
     with pytest.raises(ValueError, match="name"):
         engine.load_lora("", adapters["a"])
     assert "x" not in engine.adapters
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [([], "JSON object"), ({"r": 0}, "r must be a positive integer"),
+     ({"r": "4"}, "r must be a positive integer"), ({"r": True}, "r must be a positive integer"),
+     ({"r": 4, "lora_alpha": float("inf")}, "lora_alpha must be a finite number")],
+)
+def test_bad_adapter_configs_are_a_value_error(engine, adapters, tmp_path, config, message):
+    bad = tmp_path / "cfg"
+    bad.mkdir()
+    (bad / "adapter_model.safetensors").write_bytes(
+        (adapters["a"] / "adapter_model.safetensors").read_bytes())
+    (bad / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=message):
+        engine.load_lora("cfg", bad)
+    assert "cfg" not in engine.adapters
+
+
+def test_new_policy_bumps_the_version_on_a_first_load(engine, adapters):
+    version = engine.policy_version
+    assert engine.load_lora("fresh", adapters["a"]) == version  # a plain add: same policy
+    assert engine.load_lora("policy", adapters["a"], new_policy=True) == version + 1
+    assert engine.policy_version == version + 1
+    engine.unload_lora("fresh")
+    engine.unload_lora("policy")

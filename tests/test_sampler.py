@@ -1,5 +1,6 @@
 """The sampler draws from the right distribution, truncated as asked."""
 
+import pytest
 import torch
 
 from rlserve.engine.sampler import SamplingRow, noise_seed, sample
@@ -53,3 +54,15 @@ def test_same_seed_same_token_whatever_the_batch():
     others = [_row(noise_seed(7, 0, i)) for i in range(9)]
     batch = torch.stack([LOGITS * (1 + i / 10) for i in range(9)] + [LOGITS])
     assert sample(batch, others + [row]).token_ids[-1] == alone
+
+
+def test_rows_with_nothing_to_sample_are_refused_not_sampled_out_of_range():
+    everything = list(range(len(LOGITS)))
+    for temperature in (0.0, 1.0):
+        with pytest.raises(ValueError, match=r"row\(s\) \[1\].*every token is excluded"):
+            sample(LOGITS.expand(2, -1).contiguous(),
+                   [_row(0, temperature=temperature), _row(1, temperature=temperature,
+                                                            banned_token_ids=everything)])
+    nan = torch.full((1, len(LOGITS)), float("nan"))
+    with pytest.raises(ValueError, match="NaN"):
+        sample(nan, [_row(0)])

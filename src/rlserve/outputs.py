@@ -38,7 +38,9 @@ class CompletionOutput:
 @dataclass
 class RequestOutput:
     """All samples of one prompt. From `Engine.step()` it is a delta: only new tokens/text;
-    each sample's finish is reported once, and `prompt_logprobs` come with the last delta."""
+    each sample's finish is reported once, and `prompt_logprobs` come with the last delta.
+    `error` is set (on the last delta) when the request failed inside the engine: it was
+    aborted alone, its samples end with finish_reason "abort"."""
 
     request_id: str
     prompt: str | None
@@ -48,3 +50,4 @@ class RequestOutput:
     prompt_logprobs: list[float | None] | None = None
     prompt_top_logprobs: list[dict[int, float] | None] | None = None
     num_cached_tokens: int = 0
+    error: str | None = None

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+
+# Temperatures below this are greedy, as in vLLM (`_SAMPLING_EPS`): logits / T would
+# overflow fp32 (T = 1e-40 is a denormal whose reciprocal is inf) and sampling would
+# fail for the whole batch.
+GREEDY_TEMPERATURE_EPS = 1e-5
 
 
 @dataclass
 class SamplingParams:
     """How to sample completions for one prompt (names follow vLLM).
 
-    temperature 0 means greedy. top_k -1 and top_p 1.0 and min_p 0.0 mean "off".
+    temperature 0 means greedy; so does any temperature below 1e-5 (as in vLLM), which is
+    stored as 0.0 (logprobs are then reported at T = 1, as for every greedy request).
+    top_k -1 and top_p 1.0 and min_p 0.0 mean "off".
     `logprobs=k` also returns the k most likely alternatives of every generated token;
     the logprob of the sampled token itself is always returned.
     `prompt_logprobs=k` returns the logprob of every prompt token (k alternatives each).
@@ -42,8 +50,10 @@ class SamplingParams:
         self.stop_token_ids = list(self.stop_token_ids or [])
         _check_int("n", self.n, minimum=1)
         _check_number("temperature", self.temperature)
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.temperature < 0 or math.isinf(self.temperature):
+            raise ValueError(f"temperature must be >= 0 and finite, got {self.temperature}")
+        if self.temperature < GREEDY_TEMPERATURE_EPS:
+            self.temperature = 0.0
         _check_number("top_p", self.top_p)
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")

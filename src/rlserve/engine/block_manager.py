@@ -5,11 +5,16 @@ still holds a full, hashed block of some earlier sequence stays findable through
 `cached_blocks` until it is handed out again (least recently used first), so a later
 sequence with the same prefix reuses it instead of recomputing.
 A block's hash chains its parent's hash, its token ids and a cache key (weight version and
-adapter), so KV computed under other weights is never matched.
+adapter), so KV computed under other weights is never matched. It is SHA-256, not Python's
+`hash`: a hit is trusted without comparing tokens, so a prompt crafted to collide with
+another user's prefix must not be able to read that user's KV (vLLM advisory
+GHSA-rm76-4mrf-v9r8 was exactly this).
 """
 
 from __future__ import annotations
 
+import hashlib
+from array import array
 from collections import OrderedDict
 from collections.abc import Hashable
 
@@ -22,9 +27,9 @@ class BlockManager:
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
         self.ref_counts = [0] * num_blocks
-        self.block_hash: list[int | None] = [None] * num_blocks
+        self.block_hash: list[bytes | None] = [None] * num_blocks
         self.free_blocks: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
-        self.cached_blocks: dict[int, int] = {}  # hash -> block id
+        self.cached_blocks: dict[bytes, int] = {}  # hash -> block id
         self.pending_copies: list[tuple[int, int]] = []  # copy-on-write (src, dst) to run
         self.num_hit_tokens = 0  # prompt tokens served from the prefix cache, ever
 
@@ -40,18 +45,21 @@ class BlockManager:
         return -(-num_tokens // self.block_size)
 
     @staticmethod
-    def hash_block(parent: int | None, token_ids: tuple[int, ...], cache_key: Hashable) -> int:
-        return hash((parent, token_ids, cache_key))
+    def hash_block(parent: bytes | None, token_ids: list[int], cache_key: Hashable) -> bytes:
+        """SHA-256 of (parent hash, token ids, cache key); every part but the key has a
+        fixed length, so no two different inputs share an encoding."""
+        return _hash_block(parent, token_ids, _key_bytes(cache_key))
 
-    def match_prefix(self, seq: Sequence, cache_key: Hashable) -> tuple[list[int], list[int]]:
+    def match_prefix(self, seq: Sequence, cache_key: Hashable) -> tuple[list[int], list[bytes]]:
         """Cached blocks holding a prefix of `seq` (never its last token, which must be
         computed to get logits). Returns (block ids, their hashes)."""
         if not self.enable_prefix_caching or seq.wants_prompt_logprobs:
             return [], []
+        key = _key_bytes(cache_key)
         blocks, hashes, parent = [], [], None
         for i in range((seq.num_tokens - 1) // self.block_size):
-            tokens = tuple(seq.token_ids[i * self.block_size:(i + 1) * self.block_size])
-            h = self.hash_block(parent, tokens, cache_key)
+            tokens = seq.token_ids[i * self.block_size:(i + 1) * self.block_size]
+            h = _hash_block(parent, tokens, key)
             block = self.cached_blocks.get(h)
             if block is None:
                 break
@@ -61,7 +69,7 @@ class BlockManager:
         return blocks, hashes
 
     def allocate_slots(self, seq: Sequence, num_new_tokens: int,
-                       cached: tuple[list[int], list[int]] = ([], [])) -> bool:
+                       cached: tuple[list[int], list[bytes]] = ([], [])) -> bool:
         """Give `seq` room for `num_new_tokens` more tokens (after `cached` prefix blocks).
         Returns False, changing nothing, when there are not enough free blocks."""
         hit_blocks, hit_hashes = cached
@@ -112,10 +120,11 @@ class BlockManager:
         if not self.enable_prefix_caching:
             return
         num_full = seq.num_computed_tokens // self.block_size
+        key = _key_bytes(cache_key) if num_full > len(seq.block_hashes) else b""
         for i in range(len(seq.block_hashes), num_full):
             parent = seq.block_hashes[-1] if seq.block_hashes else None
-            tokens = tuple(seq.token_ids[i * self.block_size:(i + 1) * self.block_size])
-            h = self.hash_block(parent, tokens, cache_key)
+            tokens = seq.token_ids[i * self.block_size:(i + 1) * self.block_size]
+            h = _hash_block(parent, tokens, key)
             seq.block_hashes.append(h)
             block = seq.block_table[i]
             if h not in self.cached_blocks and self.block_hash[block] is None:
@@ -140,3 +149,17 @@ class BlockManager:
             self.block_hash[block] = None
         self.ref_counts[block] = 1
         return block
+
+
+_ROOT = bytes(32)  # the parent of a sequence's first block
+
+
+def _key_bytes(cache_key: Hashable) -> bytes:
+    # Cache keys are tuples of ints, strings and None: their repr is deterministic.
+    return repr(cache_key).encode()
+
+
+def _hash_block(parent: bytes | None, token_ids: list[int], key: bytes) -> bytes:
+    tokens = array("q", token_ids).tobytes()
+    count = len(token_ids).to_bytes(8, "little")
+    return hashlib.sha256((parent or _ROOT) + count + tokens + key).digest()

@@ -8,6 +8,7 @@ over it. The Engine is not thread-safe: drive it from one thread.
 
 from __future__ import annotations
 
+import logging
 import random
 import uuid
 from collections.abc import Hashable
@@ -19,17 +20,20 @@ import torch
 from transformers import AutoTokenizer, GenerationConfig
 
 from rlserve.config import DEFAULT_KV_CACHE_MEMORY, EngineConfig
+from rlserve.engine.admission import check_params, check_token_ids, score_pairs
 from rlserve.engine.block_manager import BlockManager
 from rlserve.engine.model_runner import ModelRunner
 from rlserve.engine.output_processor import OutputProcessor
 from rlserve.engine.prefix_constraint import TokenTexts, allowed_token_ids
-from rlserve.engine.sampler import SamplingRow, noise_seed, sample
+from rlserve.engine.sampler import SamplerOutput, SamplingRow, noise_seed, sample
 from rlserve.engine.scheduler import ScheduledBatch, Scheduler
 from rlserve.engine.sequence import Sequence
 from rlserve.models.loader import WeightSource, load_model, read_config, update_weights
 from rlserve.models.lora import LoRAAdapter, load_adapter
 from rlserve.outputs import CompletionOutput, RequestOutput
 from rlserve.sampling_params import SamplingParams
+
+log = logging.getLogger(__name__)
 
 Prompt = str | list[int]
 PAUSE_MODES = ("keep", "wait", "abort")
@@ -46,6 +50,7 @@ class _Request:
     max_staleness: int | None = None
     seqs: list[Sequence] = field(default_factory=list)
     announced: bool = False  # the first delta (with prompt info) was sent
+    error: str | None = None  # why it failed inside step() (it was aborted alone)
 
     @property
     def finished(self) -> bool:
@@ -66,7 +71,7 @@ class Engine:
         model_config, hf_config = read_config(self.model_path, self.config.trust_remote_code)
         self.max_model_len = self.config.max_model_len or model_config.max_position_embeddings
         self.model = load_model(self.model_path, self.config.torch_dtype, self.device,
-                                self.max_model_len)
+                                self.max_model_len, self.config.trust_remote_code)
         self.tokenizer = AutoTokenizer.from_pretrained(
             self.model_path, trust_remote_code=self.config.trust_remote_code)
         self.eos_token_ids = _eos_token_ids(self.model_path, self.tokenizer, hf_config)
@@ -115,6 +120,8 @@ class Engine:
         self._check_staleness_args(min_policy_version, max_staleness)
         text, token_ids = self._tokenize_prompt(prompt)
         self._check_fits(token_ids, params)
+        check_params(params, self.model.config.vocab_size, self.eos_token_ids,
+                     self._prefix_token_texts)
         request = _Request(request_id, text, token_ids, params, lora_name,
                            self.policy_version, max_staleness)
         seed = params.seed if params.seed is not None else self._rng.getrandbits(63)
@@ -127,7 +134,10 @@ class Engine:
         return request_id
 
     def step(self) -> list[RequestOutput]:
-        """Run one batch; return a delta for every request that progressed or finished."""
+        """Run one batch; return a delta for every request that progressed or finished.
+
+        A request whose own processing fails here is aborted alone: its last delta has
+        finish_reason "abort" and `error` set; the rest of the batch goes on."""
         touched: dict[str, _Request] = {r.request_id: r for r in self._aborted}
         self._aborted = []
         batch = None
@@ -136,6 +146,8 @@ class Engine:
         if batch:
             for seq in self._run(batch):
                 touched[seq.request_id] = self._requests[seq.request_id]
+        touched.update((r.request_id, r) for r in self._aborted)  # failed in this step
+        self._aborted = []
         return [self._delta(r) for r in touched.values()]
 
     def abort(self, request_id: str, reason: str | None = None) -> bool:
@@ -192,16 +204,18 @@ class Engine:
         self._set_version(new_version, recompute_kv)
         return new_version
 
-    def load_lora(self, name: str, path: str | Path, recompute_kv: bool = False) -> int:
+    def load_lora(self, name: str, path: str | Path, recompute_kv: bool = False,
+                  new_policy: bool = False) -> int:
         """Load (or reload) a PEFT adapter under `name`; returns its version. A reload bumps
-        the policy version and its cached prefixes are no longer reused."""
+        the policy version and its cached prefixes are no longer reused; `new_policy` bumps
+        it on a first load too (the adapter becomes the policy being trained)."""
         if not isinstance(name, str) or not name:
             raise ValueError(f"adapter name must be a non-empty string, got {name!r}")
         adapter = load_adapter(name, path, self.model)
-        reload = name in self.adapters
-        adapter.version = self._next_version(None) if reload else self.policy_version
+        bump = new_policy or name in self.adapters
+        adapter.version = self._next_version(None) if bump else self.policy_version
         self.adapters[name] = adapter
-        if reload:
+        if bump:
             self._set_version(adapter.version, recompute_kv)
         return adapter.version
 
@@ -283,9 +297,7 @@ class Engine:
             for prompt, p, lora in zip(prompt_list, params_list, loras, strict=True):
                 ids.append(self.add_request(prompt, p, lora_name=lora))
         except Exception:
-            for request_id in ids:
-                self.abort(request_id)
-            self.step()  # flush the aborts so nothing is left queued
+            self._withdraw(ids)
             raise
         return self._run_to_completion(ids)
 
@@ -325,21 +337,18 @@ class Engine:
               temperature: float = 1.0,
               lora_name: str | None = None) -> list[float] | list[list[float]]:
         """Teacher-forced logprobs of each response token after its prompt, under
-        log_softmax(logits / temperature): the numbers `generate` reports for them."""
-        single = bool(prompt_token_ids) and isinstance(prompt_token_ids[0], int)
-        prompts = [prompt_token_ids] if single else prompt_token_ids
-        responses = [response_token_ids] if single else response_token_ids
-        if len(prompts) != len(responses):
-            raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
-        for response in responses:
-            if not response or not all(isinstance(t, int) for t in response):
-                raise ValueError("each response must be a non-empty list of token ids")
+        log_softmax(logits / temperature): the numbers `generate` reports for them.
+        Token ids only (text is refused: see `admission.score_pairs`)."""
+        single, prompts, responses = score_pairs(prompt_token_ids, response_token_ids)
         params = SamplingParams(temperature=temperature, max_tokens=1)
-        ids = []
-        for prompt, response in zip(prompts, responses, strict=True):
-            ids.append(self.add_request(list(prompt) + list(response), params,
-                                        lora_name=lora_name))
-            self._requests[ids[-1]].seqs[0].score_only = True
+        ids: list[str] = []
+        try:
+            for prompt, response in zip(prompts, responses, strict=True):
+                ids.append(self.add_request(prompt + response, params, lora_name=lora_name))
+                self._requests[ids[-1]].seqs[0].score_only = True
+        except Exception:
+            self._withdraw(ids)
+            raise
         outs = self._run_to_completion(ids)
         scores = [out.prompt_logprobs[len(p):] for out, p in zip(outs, prompts, strict=True)]
         return scores[0] if single else scores
@@ -359,31 +368,74 @@ class Engine:
         """Forward one batch and apply its results; returns the sequences that progressed."""
         samples = [seq.num_computed_tokens + n == seq.num_tokens and not seq.score_only
                    for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True)]
-        result = self.runner.run(batch, samples, self.adapters)
+        try:
+            result = self.runner.run(batch, samples, self.adapters)
+        except Exception as exc:
+            self._fail_forward(batch, samples, exc)
+            return []
         self._counters["steps"] += 1
         progressed = []
         for i, (seq, num_new) in enumerate(zip(batch.seqs, batch.num_new_tokens, strict=True)):
-            if seq.num_computed_tokens < seq.num_prompt_tokens:
-                self._counters["prompt_tokens_computed"] += min(
-                    num_new, seq.num_prompt_tokens - seq.num_computed_tokens)
-            seq.num_computed_tokens += num_new
-            if seq.cacheable:
-                self.block_manager.cache_full_blocks(seq, self._cache_key(seq))
-            if i in result.prompt_logits:
-                self._record_prompt_logprobs(seq, *result.prompt_logits[i])
-            if seq.score_only and seq.num_computed_tokens == seq.num_tokens:
-                seq.finish_reason = "stop"
-                self.scheduler.finish(seq)
-                progressed.append(seq)
+            try:
+                if self._apply_forward(seq, num_new, result.prompt_logits.get(i)):
+                    progressed.append(seq)
+            except Exception as exc:
+                self._fail_request(seq, exc)
         rows, row_seqs = [], []
         for row, i in enumerate(result.sample_seqs):
+            if batch.seqs[i].is_finished:  # failed above
+                continue
             for seq in self._fork_group(batch.seqs[i]):
                 rows.append(row)
                 row_seqs.append(seq)
         if row_seqs:
-            self._sample(result.sample_logits[rows], row_seqs)
-            progressed.extend(row_seqs)
+            progressed.extend(self._sample(result.sample_logits[rows], row_seqs))
         return progressed
+
+    def _apply_forward(self, seq: Sequence, num_new: int,
+                       prompt_logits: tuple[int, torch.Tensor] | None) -> bool:
+        """Book one sequence's forward results; True when that finished it (score-only)."""
+        if seq.num_computed_tokens < seq.num_prompt_tokens:
+            self._counters["prompt_tokens_computed"] += min(
+                num_new, seq.num_prompt_tokens - seq.num_computed_tokens)
+        seq.num_computed_tokens += num_new
+        if seq.cacheable:
+            self.block_manager.cache_full_blocks(seq, self._cache_key(seq))
+        if prompt_logits is not None:
+            self._record_prompt_logprobs(seq, *prompt_logits)
+        if seq.score_only and seq.num_computed_tokens == seq.num_tokens:
+            seq.finish_reason = "stop"
+            self.scheduler.finish(seq)
+            return True
+        return False
+
+    def _fail_forward(self, batch: ScheduledBatch, samples: list[bool],
+                      error: Exception) -> None:
+        """The forward pass raised. Each sequence is run alone to find the culprits (a rerun
+        writes the same KV into the same slots, and nothing was booked yet); only their
+        requests fail and the others are scheduled again next step. When every sequence
+        runs alone the batch as a whole failed, and so does each of its requests."""
+        culprits: list[tuple[Sequence, Exception]] = []
+        if len(batch) > 1:
+            for seq, num_new, sampled in zip(batch.seqs, batch.num_new_tokens, samples,
+                                             strict=True):
+                try:
+                    self.runner.run(ScheduledBatch([seq], [num_new]), [sampled], self.adapters)
+                except Exception as exc:
+                    culprits.append((seq, exc))
+        for seq, exc in culprits or [(seq, error) for seq in batch.seqs]:
+            self._fail_request(seq, exc)
+
+    def _fail_request(self, seq: Sequence, error: Exception) -> None:
+        """Abort the request of `seq` alone; its next delta carries the error."""
+        request = self._requests.get(seq.request_id)
+        if request is None or request.error is not None:
+            return
+        log.warning("request %s failed inside the engine step; aborting it alone",
+                    seq.request_id, exc_info=error)
+        request.error = f"{type(error).__name__}: {error}"
+        if not self.abort(seq.request_id, reason=request.error):
+            self._aborted.append(request)  # already finished: still report the error
 
     def _fork_group(self, seq: Sequence) -> list[Sequence]:
         """A prefilled n > 1 parent becomes n samples sharing its prompt blocks."""
@@ -400,33 +452,84 @@ class Engine:
         self.scheduler.add_forks(seq, children)
         return [seq, *children]
 
-    def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
-        rows = [SamplingRow(temperature=s.params.temperature, top_k=s.params.top_k,
-                            top_p=s.params.top_p, min_p=s.params.min_p,
-                            noise_seed=noise_seed(s.seed, s.index, s.num_tokens),
-                            banned_token_ids=self.outputs.banned_token_ids(s),
-                            num_top_logprobs=s.params.logprobs or 0,
-                            allowed_token_ids=self._allowed_token_ids(s)) for s in seqs]
-        out = sample(logits, rows)
+    def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[Sequence]:
+        """Sample one token for each of `seqs` (row j of `logits` is seqs[j]'s); returns
+        those that got one. A sequence whose row cannot be sampled fails its request."""
+        rows: dict[int, SamplingRow] = {}
         for j, seq in enumerate(seqs):
-            seq.token_ids.append(out.token_ids[j])
-            seq.logprobs.append(out.logprobs[j])
-            seq.sampling_logprobs.append(out.sampling_logprobs[j])
-            if out.top_logprobs[j] is not None:
-                seq.top_logprobs.append(out.top_logprobs[j])
-            seq.weight_versions.append(self.policy_version)
-            self._counters["generated_tokens"] += 1
-            self.outputs.check_stop(seq)
-            if seq.finish_reason is not None:
-                self.scheduler.finish(seq)
+            try:
+                rows[j] = self._sampling_row(seq)
+            except Exception as exc:
+                self._fail_request(seq, exc)
+        done = []
+        for j, out, k in self._sample_rows(logits, rows, seqs):
+            seq = seqs[j]
+            if seq.is_finished:  # a sibling of an n > 1 group failed
+                continue
+            try:
+                self._append_token(seq, out, k)
+                done.append(seq)
+            except Exception as exc:
+                self._fail_request(seq, exc)
+        return done
+
+    def _sampling_row(self, s: Sequence) -> SamplingRow:
+        return SamplingRow(temperature=s.params.temperature, top_k=s.params.top_k,
+                           top_p=s.params.top_p, min_p=s.params.min_p,
+                           noise_seed=noise_seed(s.seed, s.index, s.num_tokens),
+                           banned_token_ids=self.outputs.banned_token_ids(s),
+                           num_top_logprobs=s.params.logprobs or 0,
+                           allowed_token_ids=self._allowed_token_ids(s))
+
+    def _sample_rows(self, logits: torch.Tensor, rows: dict[int, SamplingRow],
+                     seqs: list[Sequence]) -> list[tuple[int, SamplerOutput, int]]:
+        """(seq index, sampler output, row in it) for every row that samples. All rows go
+        in one call; if it raises, each row is sampled alone to fail only the culprits
+        (sampling is row-wise, so the others get exactly the same tokens)."""
+        order = [j for j in rows if not seqs[j].is_finished]
+        if not order:
+            return []
+        try:
+            out = sample(logits[order], [rows[j] for j in order])
+            return [(j, out, k) for k, j in enumerate(order)]
+        except Exception as exc:
+            if len(order) == 1:
+                self._fail_request(seqs[order[0]], exc)
+                return []
+        results = []
+        for j in order:
+            try:
+                results.append((j, sample(logits[j:j + 1], [rows[j]]), 0))
+            except Exception as exc:
+                self._fail_request(seqs[j], exc)
+        return results
+
+    def _append_token(self, seq: Sequence, out: SamplerOutput, k: int) -> None:
+        seq.token_ids.append(out.token_ids[k])
+        seq.logprobs.append(out.logprobs[k])
+        seq.sampling_logprobs.append(out.sampling_logprobs[k])
+        if out.top_logprobs[k] is not None:
+            seq.top_logprobs.append(out.top_logprobs[k])
+        seq.weight_versions.append(self.policy_version)
+        self._counters["generated_tokens"] += 1
+        self.outputs.check_stop(seq)
+        if seq.finish_reason is not None:
+            self.scheduler.finish(seq)
 
     def _allowed_token_ids(self, seq: Sequence) -> list[int] | None:
         if not seq.params.prefix_choices:
             return None
-        if self._token_texts is None:
-            self._token_texts = TokenTexts(self.tokenizer)
         text = self.tokenizer.decode(seq.output_token_ids, skip_special_tokens=False)
-        return allowed_token_ids(self._token_texts, seq.params.prefix_choices, text)
+        allowed = allowed_token_ids(self._prefix_token_texts(), seq.params.prefix_choices,
+                                    text)
+        if allowed == []:
+            raise ValueError(f"prefix_choices: no token continues the output {text!r}")
+        return allowed
+
+    def _prefix_token_texts(self) -> TokenTexts:
+        if self._token_texts is None:  # built on first use: it decodes the whole vocabulary
+            self._token_texts = TokenTexts(self.tokenizer, self.model.config.vocab_size)
+        return self._token_texts
 
     def _record_prompt_logprobs(self, seq: Sequence, first: int, logits: torch.Tensor) -> None:
         """Keep logprobs (and raw logits if asked) of prompt rows first, first + 1, ..."""
@@ -475,7 +578,14 @@ class Engine:
             prompt_top_logprobs=(seq0.prompt_top_logprobs
                                  if finished and seq0.params.prompt_logprobs else None),
             num_cached_tokens=seq0.num_cached_tokens,
+            error=request.error if finished else None,
         )
+
+    def _withdraw(self, ids: list[str]) -> None:
+        """Take back requests added before a later one of the same call was refused."""
+        for request_id in ids:
+            self.abort(request_id)
+        self.step()  # flush the aborts so nothing is left queued
 
     def _run_to_completion(self, ids: list[str]) -> list[RequestOutput]:
         if self.paused is not None:  # nothing new would be scheduled: never spin forever
@@ -490,6 +600,10 @@ class Engine:
                     _merge(results[delta.request_id], delta)
         for out in results.values():
             out.outputs.sort(key=lambda c: c.index)
+        failed = [out for out in results.values() if out.error]
+        if failed:
+            raise RuntimeError(f"{len(failed)} of {len(ids)} request(s) failed inside the "
+                               f"engine; first: {failed[0].error}")
         return [results[i] for i in ids]
 
     def _tokenize_prompt(self, prompt: Prompt) -> tuple[str | None, list[int]]:
@@ -499,16 +613,13 @@ class Engine:
         elif isinstance(prompt, (list, tuple)) and all(
                 isinstance(t, int) and not isinstance(t, bool) for t in prompt):
             token_ids, text = list(prompt), None
-            vocab = self.model.config.vocab_size
-            bad = [t for t in token_ids if not 0 <= t < vocab]
-            if bad:
-                raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary "
-                                 f"[0, {vocab})")
         else:
             raise ValueError("a prompt must be a string or a list of token ids, got "
                              f"{type(prompt).__name__}")
         if not token_ids:
             raise ValueError("the prompt is empty")
+        # Text too: a tokenizer may know more tokens than the model has embeddings for.
+        check_token_ids("prompt", token_ids, self.model.config.vocab_size)
         return text, token_ids
 
     def _check_fits(self, token_ids: list[int], params: SamplingParams) -> None:
@@ -588,6 +699,7 @@ def _merge(total: RequestOutput, delta: RequestOutput) -> None:
     if delta.prompt_token_ids:
         total.prompt, total.prompt_token_ids = delta.prompt, delta.prompt_token_ids
     total.finished = delta.finished
+    total.error = delta.error or total.error
     total.num_cached_tokens = delta.num_cached_tokens
     if delta.prompt_logprobs is not None:
         total.prompt_logprobs = delta.prompt_logprobs

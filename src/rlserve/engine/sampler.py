@@ -52,6 +52,7 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
     scaled = logits / temps[:, None]
     logprobs = torch.log_softmax(scaled, dim=-1)
     processed = _truncate(_ban(scaled, rows), rows)
+    _check_samplable(processed)
     sampling_logprobs = torch.log_softmax(processed, dim=-1)
     chosen = processed.argmax(dim=-1)
     sampled = [i for i, r in enumerate(rows) if r.temperature > 0]
@@ -66,6 +67,18 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
         sampling_logprobs=sampling_logprobs.gather(1, picked).squeeze(1).tolist(),
         top_logprobs=top,
     )
+
+
+def _check_samplable(processed: torch.Tensor) -> None:
+    """Refuse rows with nothing to sample rather than return an out-of-range token."""
+    broken = (torch.isnan(processed) | (processed == float("inf"))).any(dim=-1)
+    empty = (processed == float("-inf")).all(dim=-1)
+    bad = (broken | empty).nonzero().flatten().tolist()
+    if bad:
+        reason = ("the model's logits are NaN or infinite" if broken[bad[0]] else
+                  "every token is excluded (stop/EOS ids banned until min_tokens, "
+                  "and prefix_choices)")
+        raise ValueError(f"cannot sample row(s) {bad}: {reason}")
 
 
 def _ban(scaled: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:

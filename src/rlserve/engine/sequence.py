@@ -37,7 +37,7 @@ class Sequence:
         self.num_computed_tokens = 0
         self.num_cached_tokens = 0  # prompt tokens served by the prefix cache
         self.block_table: list[int] = []
-        self.block_hashes: list[int] = []
+        self.block_hashes: list[bytes] = []
         self.status = SequenceStatus.WAITING
         self.num_forks = 0
         self.score_only = False  # finish after the prefill, sampling nothing

@@ -31,9 +31,10 @@ def read_config(path: str | Path, trust_remote_code: bool = False) -> tuple[Mode
 
 
 def load_model(path: str | Path, dtype: torch.dtype, device: torch.device,
-               max_positions: int) -> LlamaModel:
-    """Build the model for `path` and fill it from its *.safetensors files."""
-    config, _ = read_config(path)
+               max_positions: int, trust_remote_code: bool = False) -> LlamaModel:
+    """Build the model for `path` and fill it from its *.safetensors files.
+    `trust_remote_code` lets a config.json whose class lives in the checkpoint load."""
+    config, _ = read_config(path, trust_remote_code)
     with torch.device("meta"):
         model = LlamaModel(config, max_positions)
     # Built on "meta" so no time goes into random init; the rope tables are not weights

@@ -52,14 +52,12 @@ def load_adapter(name: str, path: str | Path, model: LlamaModel) -> LoRAAdapter:
         tensors = load_file(str(weights_file))
     except Exception as e:
         raise ValueError(f"cannot read adapter {path}: {e}") from e
+    rank, scale = _rank_and_scale(name, config)
     for key in ("rank_pattern", "alpha_pattern"):
         if config.get(key):
             raise ValueError(f"adapter {name}: per-module {key} is not supported")
     if config.get("use_dora"):
         raise ValueError(f"adapter {name}: DoRA adapters are not supported")
-    rank = int(config["r"])
-    alpha = float(config.get("lora_alpha", rank))
-    scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
     pairs = _pair_tensors(name, tensors)
     dtype, device = model.embed_tokens.weight.dtype, model.embed_tokens.weight.device
     shapes = _target_shapes(model)
@@ -74,6 +72,20 @@ def load_adapter(name: str, path: str | Path, model: LlamaModel) -> LoRAAdapter:
                              f"[{out_dim}, r]")
         weights[(layer, target)] = (a.to(device, dtype), b.to(device, dtype))
     return LoRAAdapter(name=name, rank=rank, scale=scale, weights=weights)
+
+
+def _rank_and_scale(name: str, config: object) -> tuple[int, float]:
+    """(r, scale) from an adapter config; ValueError unless r is a positive int and
+    lora_alpha a finite number."""
+    if not isinstance(config, dict):
+        raise ValueError(f"adapter {name}: adapter_config.json must hold a JSON object")
+    rank, alpha = config.get("r"), config.get("lora_alpha", config.get("r"))
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"adapter {name}: r must be a positive integer, got {rank!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        raise ValueError(f"adapter {name}: lora_alpha must be a finite number, got {alpha!r}")
+    scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+    return rank, float(scale)
 
 
 def _pair_tensors(name: str, tensors: dict[str, torch.Tensor]) -> dict:
