@@ -8,9 +8,11 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
+import rlserve
 from rlserve.client import (
     TRAIN_KEY,
     TRAINING_EXTRA_BODY,
@@ -198,3 +200,42 @@ def test_calls_wait_for_a_weight_sync(fake: FakeHTTPServer) -> None:
     asyncio.run(go())
     assert fake.requests[-1].path == "/v1/completions"
     client.close()
+
+
+def _no_prompt_ids(req: Recorded, n: int):
+    """A server that returns generated ids but no prompt ids (e.g. older vLLM, OpenAI)."""
+    if req.path == "/v1/chat/completions":
+        return 200, {k: v for k, v in CHAT.items() if k != "prompt_token_ids"}, {}
+    n_prompts = len(req.body["prompt"]) if isinstance(req.body["prompt"], list) else 1
+    choices = [dict(COMPLETION["choices"][0], index=i) for i in range(n_prompts)]
+    return 200, {**COMPLETION, "choices": choices}, {}
+
+
+def test_text_prompts_are_tokenised_by_the_client_when_the_server_returns_no_ids() -> None:
+    from rlserve.client import hf_tokenizer
+
+    assets = str(Path(rlserve.__file__).parent / "assets")
+    tok = hf_tokenizer(assets)
+    server = FakeHTTPServer(_no_prompt_ids)
+    messages = [{"role": "user", "content": "What is 2 + 3?"}]
+    try:
+        with Client(server.url, model="m", tokenizer=assets) as client:
+            one = client.completion("What is 2 + 3?")[TRAIN_KEY]
+            two = client.completion(["a b", "c"])[TRAIN_KEY]
+            chat = client.generate(messages)[TRAIN_KEY]
+        with Client(server.url, model="m") as no_tokenizer:  # nothing to build them from
+            assert no_tokenizer.completion("hi")[TRAIN_KEY]["prompt_tokens"] is None
+
+        async def go() -> dict:
+            async with AsyncClient(server.url, model="m", tokenizer=tok) as aclient:
+                return (await aclient.completion("c"))[TRAIN_KEY]
+
+        async_one = asyncio.run(go())
+    finally:
+        server.close()
+    assert one["prompt_tokens"] == tok.encode("What is 2 + 3?") and one["prompt_tokens"]
+    assert [s["prompt_tokens"] for s in two["samples"]] == [tok.encode("a b"), tok.encode("c")]
+    assert async_one["prompt_tokens"] == tok.encode("c")
+    expected = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+    expected = expected if isinstance(expected, list) else expected["input_ids"]
+    assert chat["prompt_tokens"] == list(expected) and chat["response_tokens"] == [9]

@@ -4,12 +4,20 @@ import pytest
 
 from rlserve import SamplingParams
 from rlserve.engine.prefix_constraint import TokenTexts, allowed_token_ids
-from rlserve.tools import PARSERS, forced_call_prefixes, get_parser
+from rlserve.tools import PARSERS, forced_call_prefixes, get_parser, validate_tools
 
-CALCULATOR = {"type": "function", "function": {
-    "name": "calculator", "description": "Evaluate an arithmetic expression.",
-    "parameters": {"type": "object", "properties": {"expression": {"type": "string"}},
-                   "required": ["expression"]}}}
+CALCULATOR = {
+    "type": "function",
+    "function": {
+        "name": "calculator",
+        "description": "Evaluate an arithmetic expression.",
+        "parameters": {
+            "type": "object",
+            "properties": {"expression": {"type": "string"}},
+            "required": ["expression"],
+        },
+    },
+}
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {}}}
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
 
@@ -28,8 +36,9 @@ REST_OF_CALL = {
 @pytest.mark.parametrize("parser", sorted(PARSERS))
 def test_each_format_prefix_opens_a_call_its_parser_reads(parser):
     tools = [WEATHER, CALCULATOR]
-    (prefix,) = forced_call_prefixes({"type": "function", "function": {"name": "get_weather"}},
-                                     tools, parser)
+    (prefix,) = forced_call_prefixes(
+        {"type": "function", "function": {"name": "get_weather"}}, tools, parser
+    )
     parsed = get_parser(parser).parse(prefix + REST_OF_CALL[parser], tools)
     assert [(c.name, c.arguments) for c in parsed.calls] == [("get_weather", {"x": 1})]
     assert parsed.errors == []
@@ -45,14 +54,17 @@ def test_required_allows_every_offered_tool_and_auto_none_force_nothing():
     assert thinking.startswith("</think>\n\n<tool_call>")
 
 
-@pytest.mark.parametrize(("choice", "tools", "message"), [
-    ("required", [], "no tools"),
-    ("sometimes", [CALCULATOR], "tool_choice must be"),
-    ({"type": "function", "function": {"name": "nope"}}, [CALCULATOR], "not among"),
-    ({"type": "function", "function": {}}, [CALCULATOR], "named tool_choice"),
-    ({"type": "custom", "function": {"name": "calculator"}}, [CALCULATOR], "named tool_choice"),
-    ("required", [{"type": "function", "function": {}}], "without a name"),
-])
+@pytest.mark.parametrize(
+    ("choice", "tools", "message"),
+    [
+        ("required", [], "no tools"),
+        ("sometimes", [CALCULATOR], "tool_choice must be"),
+        ({"type": "function", "function": {"name": "nope"}}, [CALCULATOR], "not among"),
+        ({"type": "function", "function": {}}, [CALCULATOR], "named tool_choice"),
+        ({"type": "custom", "function": {"name": "calculator"}}, [CALCULATOR], "named tool_choice"),
+        ("required", [{"type": "function", "function": {}}], "without a name"),
+    ],
+)
 def test_bad_tool_choice_raises(choice, tools, message):
     with pytest.raises(ValueError, match=message):
         forced_call_prefixes(choice, tools, "hermes")
@@ -73,14 +85,17 @@ def test_allowed_tokens_keep_the_text_on_the_way_to_a_choice(bundled):
 
 
 def test_prefix_choices_force_the_start_and_keep_model_logprobs(bundled):
-    prompt = bundled.render_chat([SYSTEM, {"role": "user", "content": "What is 12 + 30?"}],
-                                 [WEATHER, CALCULATOR])
+    prompt = bundled.render_chat(
+        [SYSTEM, {"role": "user", "content": "What is 12 + 30?"}], [WEATHER, CALCULATOR]
+    )
     free = bundled.generate([prompt], SamplingParams(temperature=0, max_tokens=24))[0]
     assert not free.outputs[0].text.startswith("<tool_call>")
-    choices = forced_call_prefixes({"type": "function", "function": {"name": "get_weather"}},
-                                   [WEATHER, CALCULATOR], "hermes")
-    forced = bundled.generate([prompt], SamplingParams(temperature=0, max_tokens=24,
-                                                       prefix_choices=choices))[0].outputs[0]
+    choices = forced_call_prefixes(
+        {"type": "function", "function": {"name": "get_weather"}}, [WEATHER, CALCULATOR], "hermes"
+    )
+    forced = bundled.generate(
+        [prompt], SamplingParams(temperature=0, max_tokens=24, prefix_choices=choices)
+    )[0].outputs[0]
     assert forced.text.startswith(choices[0])
     # Reported logprobs are the model's own, constrained or not: equal to teacher forcing.
     scored = bundled.score(prompt, forced.token_ids)
@@ -91,8 +106,10 @@ def test_prefix_choices_force_the_start_and_keep_model_logprobs(bundled):
 def test_seeded_sampling_under_prefix_choices_lands_on_a_choice(bundled):
     prompt = bundled.render_chat([{"role": "user", "content": "hello"}])
     choices = ["Sure: ", "No. "]
-    params = [SamplingParams(temperature=1.0, seed=s, max_tokens=8, prefix_choices=choices)
-              for s in range(12)]
+    params = [
+        SamplingParams(temperature=1.0, seed=s, max_tokens=8, prefix_choices=choices)
+        for s in range(12)
+    ]
     outs = bundled.generate([prompt] * 12, params)
     starts = [next(c for c in choices if o.outputs[0].text.startswith(c)) for o in outs]
     assert set(starts) == set(choices)
@@ -104,3 +121,46 @@ def test_seeded_sampling_under_prefix_choices_lands_on_a_choice(bundled):
 def test_bad_prefix_choices_are_refused(bad):
     with pytest.raises(ValueError, match="prefix_choices"):
         SamplingParams(prefix_choices=bad)
+
+
+UNUSABLE_TOOLS = [
+    ([CALCULATOR, {"type": "function", "function": {}}], r"tools\[1\]: a function without a name"),
+    ([{"type": "function", "function": {"name": 5}}], r"tools\[0\]: .*got 5"),
+    ([{"type": "function", "function": {"name": " "}}], r"tools\[0\]: .*without a name"),
+    ([CALCULATOR, [1, 2]], r"tools\[1\]: a tool definition must be an object, got list"),
+    ([{"type": "function", "function": "calculator"}], r"tools\[0\]: function must be an object"),
+    ([{"type": "function", "function": {"name": "f", "parameters": [1]}}], r"tools\[0\]: .*param"),
+    ([{"type": "retrieval", "function": {"name": "f"}}], r"tools\[0\]: type must be 'function'"),
+    ({"name": "calculator"}, "tools must be a list"),
+]
+
+
+@pytest.mark.parametrize(("tools", "message"), UNUSABLE_TOOLS)
+def test_validate_tools_names_the_bad_entry(tools, message):
+    with pytest.raises(ValueError, match=message):
+        validate_tools(tools)
+    validate_tools(None)
+    validate_tools([WEATHER, CALCULATOR, CALCULATOR["function"]])  # the bare function form too
+
+
+@pytest.mark.parametrize("choice", [None, "auto", "none", "required"])
+@pytest.mark.parametrize(("tools", "message"), UNUSABLE_TOOLS[:2])
+def test_unusable_tools_fail_before_generation_whatever_the_tool_choice(choice, tools, message):
+    # forced_call_prefixes runs before a request is submitted: it must refuse bad tools
+    # even when it forces nothing, or the reply fails only after it was generated.
+    with pytest.raises(ValueError, match=message):
+        forced_call_prefixes(choice, tools, "hermes")
+
+
+def test_batch_generate_with_tools_refuses_unusable_tools_before_generating(bundled):
+    from rlserve.tools import batch_generate_with_tools
+
+    calls = []
+    real_generate = bundled.generate
+    bundled.generate = lambda *a, **k: calls.append(a) or real_generate(*a, **k)  # a spy only
+    try:
+        with pytest.raises(ValueError, match=r"tools\[1\]: a function without a name"):
+            batch_generate_with_tools(bundled, ["hi"], [CALCULATOR, {"function": {}}])
+    finally:
+        del bundled.generate
+    assert calls == []

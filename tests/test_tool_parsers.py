@@ -432,3 +432,64 @@ def test_streaming_reasoning_events() -> None:
     events = parser.feed("<think>abc</th") + parser.feed("ink>Hi") + parser.finish()
     assert "".join(e.text for e in events if e.kind == "reasoning") == "abc"
     assert "".join(e.text for e in events if e.kind == "content") == "Hi"
+
+
+# --- server-side formatting of replies (ToolCallFormat) ------------------------------------
+
+CALL = '<tool_call>\n{"name": "calc", "arguments": {"x": 1}}\n</tool_call>'
+
+
+def _format_both_ways(text: str, **kwargs: Any) -> tuple[dict[str, Any], str | None, list]:
+    """`message()` of the whole reply, and the streamed content (None when no delta had any)
+    and calls, fed one character at a time."""
+    from rlserve.server.tool_calls import ToolCallFormat
+
+    whole = ToolCallFormat("hermes", TOOLS, False, **kwargs).message(text)
+    streamed = ToolCallFormat("hermes", TOOLS, False, **kwargs)
+    deltas = [streamed.delta(0, ch, final=False) for ch in text] + [streamed.delta(0, "", True)]
+    pieces = [d["content"] for d in deltas if "content" in d]
+    calls = [
+        (c["function"]["name"], c["function"]["arguments"])
+        for d in deltas
+        for c in d.get("tool_calls", [])
+    ]
+    return whole, ("".join(pieces) if pieces else None), calls
+
+
+@pytest.mark.parametrize("end", ["<|im_end|>", "\n<|im_end|>\n", "<|eot_id|>", "</s>", ""])
+def test_call_only_reply_has_null_content_whole_and_streamed(end: str) -> None:
+    # With skip_special_tokens false (the client's training defaults) the end-of-turn
+    # token is in the text; OpenAI and vLLM send content null for a reply that only calls.
+    whole, streamed, calls = _format_both_ways(CALL + end, special_tokens=["</s>"])
+    assert whole["content"] is None and streamed is None
+    assert [c["function"]["name"] for c in whole["tool_calls"]] == ["calc"]
+    assert calls == [("calc", '{"x": 1}')]
+
+
+def test_text_beside_calls_keeps_its_words_and_loses_the_end_token() -> None:
+    whole, streamed, _ = _format_both_ways("Let me  compute.\n" + CALL + "<|im_end|>")
+    assert whole["content"] == streamed == "Let me  compute."
+    whole, streamed, _ = _format_both_ways(CALL + "\nDone <x>.<|im_end|>")
+    assert whole["content"] == streamed == "\nDone <x>."
+
+
+@pytest.mark.parametrize("text", ["The answer is 5.<|im_end|>", "a \n b  ", "", "<|im_end|>"])
+def test_replies_without_calls_are_left_as_they_are(text: str) -> None:
+    whole, streamed, calls = _format_both_ways(text)
+    assert whole["content"] == text and "tool_calls" not in whole and calls == []
+    assert streamed == (text or None)
+
+
+def test_tool_call_format_and_request_check_refuse_unusable_tools() -> None:
+    from rlserve.server.errors import APIError
+    from rlserve.server.tool_calls import ToolCallFormat, check_request_tools
+
+    bad = [TOOLS[0], {"type": "function", "function": {"name": None}}]
+    with pytest.raises(ValueError, match=r"tools\[1\]"):
+        ToolCallFormat("hermes", bad, False)
+    with pytest.raises(APIError) as err:
+        check_request_tools(bad)
+    assert err.value.status == 400 and err.value.param == "tools"
+    assert "tools[1]" in err.value.message
+    check_request_tools(None)
+    check_request_tools(TOOLS)

@@ -5,7 +5,7 @@ it anywhere. Responses are plain dicts that carry training data under `rlserve_t
 """
 
 from rlserve.client.async_client import AsyncClient
-from rlserve.client.errors import APIConnectionError, APIError, APIStatusError
+from rlserve.client.errors import APIConnectionError, APIError, APIStatusError, APITimeoutError
 from rlserve.client.payloads import TRAINING_EXTRA_BODY
 from rlserve.client.retry import RetryPolicy
 from rlserve.client.sync_client import Client
@@ -23,6 +23,7 @@ __all__ = [
     "APIConnectionError",
     "APIError",
     "APIStatusError",
+    "APITimeoutError",
     "AsyncClient",
     "Client",
     "RetryPolicy",

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from rlserve.client.admin_payloads import (
-    default_adapter_name,
+    adapter_fields,
     update_json,
     update_query,
     upload_files,
@@ -58,13 +58,16 @@ class AsyncAdmin:
         return result
 
     async def load_adapter(self, path: str, name: str | None = None) -> dict[str, Any]:
-        """Load the PEFT adapter at `path` (under the server's --weights-dir)."""
-        body = {"adapter_path": str(path), "adapter_name": name or default_adapter_name(path)}
+        """Load the PEFT adapter at `path` (under the server's --weights-dir) as `name`;
+        without a name it becomes the policy: requests naming no model use it and the
+        policy version advances (seed 002's hot reload)."""
+        body = {"adapter_path": str(path), **adapter_fields(name)}
         return await self._admin("POST", "/load_adapter", json=body)
 
     async def upload_adapter(self, path: str | Path, name: str | None = None) -> dict[str, Any]:
-        """Upload a local adapter folder (or .zip) and load it as `name`."""
-        data = {"adapter_name": name or default_adapter_name(path)}
+        """Upload a local adapter folder (or .zip) and load it as `name` (without a name:
+        as the policy, like `load_adapter`)."""
+        data = adapter_fields(name)
         return await self._admin("POST", "/upload_adapter", data=data, files=upload_files(path))
 
     async def unload_adapter(self, name: str) -> dict[str, Any]:

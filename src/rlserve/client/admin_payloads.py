@@ -41,6 +41,7 @@ def upload_files(path: str | Path) -> list[tuple[str, tuple[str, bytes, str]]]:
     ]
 
 
-def default_adapter_name(path: str | Path) -> str:
-    name = Path(path).name
-    return name[: -len(".zip")] if name.lower().endswith(".zip") else name
+def adapter_fields(name: str | None) -> dict[str, str]:
+    """The `adapter_name` of an adapter load, or nothing: the server then makes the adapter
+    the policy (its default adapter) and advances the policy version."""
+    return {"adapter_name": name} if name else {}

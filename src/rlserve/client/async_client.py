@@ -10,7 +10,7 @@ import httpx
 
 from rlserve.client.admin_async import AsyncAdmin
 from rlserve.client.base import ClientBase
-from rlserve.client.errors import APIConnectionError, APIStatusError
+from rlserve.client.errors import APIStatusError
 from rlserve.client.payloads import (
     PreparedCall,
     attach_training_data,
@@ -18,7 +18,7 @@ from rlserve.client.payloads import (
     first_model_id,
     request_options,
 )
-from rlserve.client.retry import retry_delay
+from rlserve.client.retry import transport_error, wait_before_retry
 from rlserve.client.sse import DONE, parse_sse_line
 
 
@@ -77,7 +77,8 @@ class AsyncClient(AsyncAdmin, ClientBase):
             call.body["model"] = await self._default_model()
         if call.stream:
             return await self._stream(call)
-        return attach_training_data(kind, call, await self._json(call))
+        response = await self._json(call)
+        return attach_training_data(kind, call, response, self._client_prompt_ids)
 
     async def _default_model(self) -> str:
         async with self._model_lock:
@@ -89,40 +90,43 @@ class AsyncClient(AsyncAdmin, ClientBase):
         return decode_body(await self._send(method, call))
 
     async def _send(self, method: str, call: PreparedCall) -> httpx.Response:
+        deadline = self._deadline(call)
         attempt = 0
         while True:
+            options = request_options(method, call, deadline.attempt_timeout())
             try:
-                options = request_options(method, call)
                 response = await self._http.request(method, call.path, **options)
             except httpx.TransportError as exc:
-                delay = retry_delay(self.retry_policy, attempt, error=exc)
+                delay = wait_before_retry(self.retry_policy, deadline, attempt, error=exc)
                 if delay is None:
-                    raise APIConnectionError(f"{method} {call.path}: {exc!r}") from exc
+                    raise transport_error(method, call.path, exc) from exc
             else:
                 if response.status_code < 400:
                     return response
-                delay = retry_delay(self.retry_policy, attempt, response=response)
+                delay = wait_before_retry(self.retry_policy, deadline, attempt, response=response)
                 if delay is None:
                     raise APIStatusError(response.status_code, decode_body(response))
             await asyncio.sleep(delay)
             attempt += 1
 
     async def _stream(self, call: PreparedCall) -> AsyncIterator[dict[str, Any]]:
-        request = self._http.build_request("POST", call.path, **request_options("POST", call))
+        deadline = self._deadline(call)
         attempt = 0
         while True:
+            options = request_options("POST", call, deadline.attempt_timeout())
+            request = self._http.build_request("POST", call.path, **options)
             try:
                 response = await self._http.send(request, stream=True)
             except httpx.TransportError as exc:
-                delay = retry_delay(self.retry_policy, attempt, error=exc)
+                delay = wait_before_retry(self.retry_policy, deadline, attempt, error=exc)
                 if delay is None:
-                    raise APIConnectionError(f"POST {call.path}: {exc!r}") from exc
+                    raise transport_error("POST", call.path, exc) from exc
             else:
                 if response.status_code < 400:
                     return _aiter_chunks(response)
                 await response.aread()
                 await response.aclose()
-                delay = retry_delay(self.retry_policy, attempt, response=response)
+                delay = wait_before_retry(self.retry_policy, deadline, attempt, response=response)
                 if delay is None:
                     raise APIStatusError(response.status_code, decode_body(response))
             await asyncio.sleep(delay)

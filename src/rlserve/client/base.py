@@ -9,13 +9,14 @@ from typing import Any
 import httpx
 
 from rlserve.client.payloads import (
+    NOT_GIVEN,
     PreparedCall,
     auth_headers,
     call_defaults,
     normalize_base_url,
     prepare,
 )
-from rlserve.client.retry import RetryPolicy
+from rlserve.client.retry import Deadline, RetryPolicy, total_seconds
 from rlserve.client.tokenizer import apply_chat_template, hf_tokenizer
 from rlserve.client.weight_sync import WeightSyncController
 
@@ -26,11 +27,21 @@ class ClientBase:
     """Settings and request building; subclasses add the HTTP transport.
 
     `base_url` may end in `/v1` or not. `model` defaults to the first id the server
-    lists at `/v1/models`. `tokenizer` (a name/path or a tokenizer object) is only
-    needed for `apply_chat_template`. With a `weight_sync` controller and
-    `freeze_for_weight_sync`, every inference call first waits while a weight sync of
-    `model_tag` is in progress. `admin_key` is sent as the bearer token of the admin
-    calls (`update_weights`, adapters, pause/resume/abort); default: `api_key`.
+    lists at `/v1/models`. `tokenizer` (a name/path or a tokenizer object) serves
+    `apply_chat_template`, and fills `rlserve_train["prompt_tokens"]` of text prompts
+    when the server returns no prompt token ids: those ids are then the client's
+    tokenisation, not necessarily the server's (see `_client_prompt_ids`).
+    With a `weight_sync` controller and `freeze_for_weight_sync`, every inference call
+    first waits while a weight sync of `model_tag` is in progress. `admin_key` is sent
+    as the bearer token of the admin calls (`update_weights`, adapters,
+    pause/resume/abort); default: `api_key`.
+
+    `timeout` (seconds, an `httpx.Timeout`, or None for no limit; a call's own
+    `timeout=` overrides it) bounds the whole call: every attempt, backoff wait and retry.
+    A retry that could not start before it runs out is not made, and a call that runs
+    out raises `APITimeoutError`. For a stream it bounds opening the stream, and each
+    later read waits at most what was left then. Waiting for a weight sync (see
+    `freeze_for_weight_sync`) is not counted.
     """
 
     def __init__(
@@ -57,6 +68,8 @@ class ClientBase:
         self.freeze_for_weight_sync = freeze_for_weight_sync
         self.model_tag = model_tag
         self.retry_policy = RetryPolicy(max_retries, initial_backoff, max_backoff)
+        total_seconds(timeout)  # validates it
+        self.timeout = timeout
         self.model = model
         self._tokenizer = tokenizer
         self._http_options: dict[str, Any] = {
@@ -68,6 +81,10 @@ class ClientBase:
             ),
         }
         self._open()
+
+    def _deadline(self, call: PreparedCall) -> Deadline:
+        """The total time budget of `call`, starting now."""
+        return Deadline(self.timeout if call.timeout is NOT_GIVEN else call.timeout)
 
     def _open(self) -> None:
         """Create the HTTP transport and the OpenAI-style namespaces (subclasses)."""
@@ -126,6 +143,48 @@ class ClientBase:
     ) -> str | list[int]:
         """Render a conversation with the client's tokenizer (text, or ids if `tokenize`)."""
         return apply_chat_template(self.tokenizer, messages, tools, tokenize, **kwargs)
+
+    def _client_prompt_ids(self, kind: str, body: dict[str, Any]) -> list[list[int]] | None:
+        """Each prompt of a completion/chat call tokenised by the client's tokenizer, for
+        servers that return no prompt token ids; None without a tokenizer.
+
+        This is the client's tokenisation: completions use `add_special_tokens` from the
+        body (default True, as vLLM and SGLang tokenise completion prompts), chats the
+        tokenizer's chat template with the body's `tools`, `add_generation_prompt`,
+        `continue_final_message` and `chat_template_kwargs`. It equals the server's only
+        when both use the same tokenizer and template.
+        """
+        if self._tokenizer is None:
+            return None
+        if kind == "completion":
+            return self._tokenize_completion_prompts(body)
+        if kind == "chat" and isinstance(body.get("messages"), list):
+            return [self._tokenize_chat(body)]
+        return None
+
+    def _tokenize_completion_prompts(self, body: dict[str, Any]) -> list[list[int]] | None:
+        prompt = body.get("prompt")
+        texts = [prompt] if isinstance(prompt, str) else prompt
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            return None
+        special = body.get("add_special_tokens", True)
+        return [list(self.tokenizer.encode(t, add_special_tokens=special)) for t in texts]
+
+    def _tokenize_chat(self, body: dict[str, Any]) -> list[int]:
+        options = dict(body.get("chat_template_kwargs") or {})
+        continue_final = bool(body.get("continue_final_message"))
+        if continue_final:
+            options["continue_final_message"] = True
+        generation_prompt = body.get("add_generation_prompt", True) and not continue_final
+        ids = apply_chat_template(
+            self.tokenizer,
+            body["messages"],
+            body.get("tools"),
+            True,
+            add_generation_prompt=generation_prompt,
+            **options,
+        )
+        return list(ids)  # type: ignore[arg-type]
 
     @staticmethod
     def _completion_call(kwargs: dict[str, Any], training: bool) -> PreparedCall:

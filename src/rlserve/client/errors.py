@@ -13,6 +13,10 @@ class APIConnectionError(APIError):
     """The server could not be reached (after all retries), or the connection broke."""
 
 
+class APITimeoutError(APIConnectionError):
+    """The call's timeout ran out (it bounds the whole call, retries included)."""
+
+
 class APIStatusError(APIError):
     """The server answered with a 4xx/5xx status.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,7 +11,11 @@ from rlserve.client.training_data import (
     chat_training_data,
     completion_training_data,
     generate_training_data,
+    lacks_prompt_tokens,
 )
+
+# Token ids of each prompt of a call as the client tokenises it (None if it cannot).
+ClientPromptIds = Callable[[str, dict[str, Any]], "list[list[int]] | None"]
 
 # Extra fields that make a response carry exact training data: token ids for prompt and
 # completion, logprob tokens as `token_id:N`, and text that covers every sampled token
@@ -28,15 +33,28 @@ TRAINING_EXTRA_BODY: dict[str, Any] = {
 _TRANSPORT_KEYS = ("extra_body", "extra_headers", "extra_query", "timeout")
 
 
+class _NotGiven:
+    """Marks a per-call `timeout` that was not passed (None means "no limit")."""
+
+    def __repr__(self) -> str:
+        return "NOT_GIVEN"
+
+
+NOT_GIVEN: Any = _NotGiven()
+
+
 @dataclass
 class PreparedCall:
-    """One HTTP call: path, JSON body and per-call transport options."""
+    """One HTTP call: path, JSON body and per-call transport options.
+
+    `timeout` bounds the whole call, retries included; `NOT_GIVEN` uses the client's.
+    """
 
     path: str
     body: dict[str, Any]
     headers: dict[str, str] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
-    timeout: float | None = None
+    timeout: Any = NOT_GIVEN
 
     @property
     def stream(self) -> bool:
@@ -66,7 +84,7 @@ def prepare(
     extra_body = kw.pop("extra_body", None) or {}
     headers = kw.pop("extra_headers", None) or {}
     params = kw.pop("extra_query", None) or {}
-    timeout = kw.pop("timeout", None)
+    timeout = kw.pop("timeout", NOT_GIVEN)
     body = {**(defaults or {}), **{k: v for k, v in kw.items() if v is not None}, **extra_body}
     return PreparedCall(path, body, dict(headers), dict(params), timeout)
 
@@ -95,16 +113,38 @@ def token_id_prompt(prompt: Any) -> list[int] | None:
     return None
 
 
-def attach_training_data(kind: str, call: PreparedCall, response: Any) -> Any:
-    """Add `rlserve_train` to a decoded JSON response (non-dicts pass through)."""
+def token_id_prompts(prompt: Any) -> list[list[int]] | None:
+    """Every prompt's ids when the prompt is a token-id list or a list of them."""
+    flat = token_id_prompt(prompt)
+    if flat is not None:
+        return [flat]
+    if isinstance(prompt, list) and prompt and all(token_id_prompt(p) for p in prompt):
+        return [list(p) for p in prompt]
+    return None
+
+
+def attach_training_data(
+    kind: str, call: PreparedCall, response: Any, client_prompt_ids: ClientPromptIds | None = None
+) -> Any:
+    """Add `rlserve_train` to a decoded JSON response (non-dicts pass through).
+
+    Prompts the server returned no token ids for are taken from the call itself when
+    it sent token ids, else from `client_prompt_ids(kind, body)` (the client's own
+    tokenisation), asked only then.
+    """
     if not isinstance(response, dict):
         return response
+    prompts = token_id_prompts(call.body.get("prompt")) if kind == "completion" else None
+    if prompts is None and client_prompt_ids is not None and lacks_prompt_tokens(kind, response):
+        prompts = client_prompt_ids(kind, call.body)
     if kind == "completion":
-        prompt = token_id_prompt(call.body.get("prompt"))
         echo = bool(call.body.get("echo"))
-        response[TRAIN_KEY] = completion_training_data(response, prompt, echo)
+        n = call.body.get("n") if isinstance(call.body.get("n"), int) else 1
+        response[TRAIN_KEY] = completion_training_data(
+            response, None, echo, per_prompt=prompts, n=n
+        )
     elif kind == "chat":
-        response[TRAIN_KEY] = chat_training_data(response)
+        response[TRAIN_KEY] = chat_training_data(response, prompts[0] if prompts else None)
     elif kind == "generate":
         response[TRAIN_KEY] = generate_training_data(response)
     return response
@@ -126,11 +166,10 @@ def decode_body(response: Any) -> Any:
         return response.text
 
 
-def request_options(method: str, call: PreparedCall) -> dict[str, Any]:
-    """Keyword arguments for `httpx.Client.request` / `build_request`."""
-    options: dict[str, Any] = {"headers": call.headers, "params": call.params}
+def request_options(method: str, call: PreparedCall, timeout: Any) -> dict[str, Any]:
+    """Keyword arguments for `httpx.Client.request` / `build_request` (`timeout`: this
+    attempt's)."""
+    options: dict[str, Any] = {"headers": call.headers, "params": call.params, "timeout": timeout}
     if method != "GET":
         options["json"] = call.body
-    if call.timeout is not None:
-        options["timeout"] = call.timeout
     return options

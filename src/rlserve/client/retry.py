@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
+
+from rlserve.client.errors import APIConnectionError, APITimeoutError
 
 RETRYABLE_STATUS = frozenset({408, 429})
 
@@ -80,3 +84,82 @@ def retry_delay(
     if response is not None and is_retryable_status(response.status_code):
         return policy.delay(attempt, retry_after_seconds(response))
     return None
+
+
+class Deadline:
+    """The total time one call may take: every attempt, backoff wait and retry included.
+
+    Built from the call's timeout (a number of seconds, an `httpx.Timeout`, or None for no
+    limit). Each attempt's connect/read/write waits are capped by what is left, and a retry
+    whose backoff would not end before the deadline is not made.
+    """
+
+    def __init__(self, timeout: float | httpx.Timeout | None) -> None:
+        self.timeout = timeout
+        total = total_seconds(timeout)
+        self.seconds = total
+        self._end = None if total is None else time.monotonic() + total
+
+    def remaining(self) -> float | None:
+        """Seconds left (<= 0 once passed), or None without a limit."""
+        return None if self._end is None else self._end - time.monotonic()
+
+    def allows_wait(self, seconds: float) -> bool:
+        """Whether waiting `seconds` still leaves time for another attempt."""
+        left = self.remaining()
+        return left is None or seconds < left
+
+    def attempt_timeout(self) -> float | httpx.Timeout | None:
+        """The httpx timeout for the next attempt; APITimeoutError when none is left."""
+        left = self.remaining()
+        if left is None:
+            return self.timeout
+        if left <= 0:
+            raise APITimeoutError(f"the call's {self.seconds:g} s timeout ran out")
+        if isinstance(self.timeout, httpx.Timeout):
+            return httpx.Timeout(
+                connect=min(self.timeout.connect, left),  # type: ignore[type-var]
+                read=min(self.timeout.read, left),  # type: ignore[type-var]
+                write=min(self.timeout.write, left),  # type: ignore[type-var]
+                pool=min(self.timeout.pool, left),  # type: ignore[type-var]
+            )
+        return left
+
+
+def total_seconds(timeout: Any) -> float | None:
+    """A call's total budget: the number itself, or for an `httpx.Timeout` its longest
+    wait (None when any of its waits is unbounded)."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, httpx.Timeout):
+        waits = (timeout.connect, timeout.read, timeout.write, timeout.pool)
+        return None if any(w is None for w in waits) else max(waits)  # type: ignore[type-var]
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise ValueError(
+            f"timeout must be a number of seconds, an httpx.Timeout or None, got {timeout!r}"
+        )
+    if not timeout > 0:
+        raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+    return float(timeout)
+
+
+def wait_before_retry(
+    policy: RetryPolicy,
+    deadline: Deadline,
+    attempt: int,
+    *,
+    response: httpx.Response | None = None,
+    error: BaseException | None = None,
+) -> float | None:
+    """`retry_delay`, or None when the retry could not start before the deadline."""
+    delay = retry_delay(policy, attempt, response=response, error=error)
+    if delay is None or not deadline.allows_wait(delay):
+        return None
+    return delay
+
+
+def transport_error(method: str, path: str, exc: httpx.TransportError) -> APIConnectionError:
+    """The client error for a failed attempt: APITimeoutError for timeouts."""
+    if isinstance(exc, httpx.TimeoutException):
+        return APITimeoutError(f"{method} {path}: timed out ({exc!r})")
+    return APIConnectionError(f"{method} {path}: {exc!r}")

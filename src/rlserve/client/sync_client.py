@@ -10,7 +10,7 @@ import httpx
 
 from rlserve.client.admin_sync import SyncAdmin
 from rlserve.client.base import ClientBase
-from rlserve.client.errors import APIConnectionError, APIStatusError
+from rlserve.client.errors import APIStatusError
 from rlserve.client.payloads import (
     PreparedCall,
     attach_training_data,
@@ -18,7 +18,7 @@ from rlserve.client.payloads import (
     first_model_id,
     request_options,
 )
-from rlserve.client.retry import retry_delay
+from rlserve.client.retry import transport_error, wait_before_retry
 from rlserve.client.sse import DONE, parse_sse_line
 
 
@@ -27,7 +27,8 @@ class Client(SyncAdmin, ClientBase):
     `rlserve_train` = {"prompt_tokens", "response_tokens", "response_logprobs", ...}.
 
     Retries connection errors, 429 and 5xx with exponential backoff and jitter
-    (`max_retries` times); other 4xx raise `APIStatusError` at once.
+    (`max_retries` times, never past the call's `timeout`, which bounds the whole call);
+    other 4xx raise `APIStatusError` at once.
     """
 
     def _open(self) -> None:
@@ -79,7 +80,7 @@ class Client(SyncAdmin, ClientBase):
             call.body["model"] = self._default_model()
         if call.stream:
             return self._stream(call)
-        return attach_training_data(kind, call, self._json(call))
+        return attach_training_data(kind, call, self._json(call), self._client_prompt_ids)
 
     def _default_model(self) -> str:
         if self.model is None:
@@ -90,18 +91,20 @@ class Client(SyncAdmin, ClientBase):
         return decode_body(self._send(method, call))
 
     def _send(self, method: str, call: PreparedCall) -> httpx.Response:
+        deadline = self._deadline(call)
         attempt = 0
         while True:
+            options = request_options(method, call, deadline.attempt_timeout())
             try:
-                response = self._http.request(method, call.path, **request_options(method, call))
+                response = self._http.request(method, call.path, **options)
             except httpx.TransportError as exc:
-                delay = retry_delay(self.retry_policy, attempt, error=exc)
+                delay = wait_before_retry(self.retry_policy, deadline, attempt, error=exc)
                 if delay is None:
-                    raise APIConnectionError(f"{method} {call.path}: {exc!r}") from exc
+                    raise transport_error(method, call.path, exc) from exc
             else:
                 if response.status_code < 400:
                     return response
-                delay = retry_delay(self.retry_policy, attempt, response=response)
+                delay = wait_before_retry(self.retry_policy, deadline, attempt, response=response)
                 if delay is None:
                     raise APIStatusError(response.status_code, decode_body(response))
             time.sleep(delay)
@@ -109,21 +112,23 @@ class Client(SyncAdmin, ClientBase):
 
     def _stream(self, call: PreparedCall) -> Iterator[dict[str, Any]]:
         # Retries happen only until the stream opens; a broken stream is not replayed.
-        request = self._http.build_request("POST", call.path, **request_options("POST", call))
+        deadline = self._deadline(call)
         attempt = 0
         while True:
+            options = request_options("POST", call, deadline.attempt_timeout())
+            request = self._http.build_request("POST", call.path, **options)
             try:
                 response = self._http.send(request, stream=True)
             except httpx.TransportError as exc:
-                delay = retry_delay(self.retry_policy, attempt, error=exc)
+                delay = wait_before_retry(self.retry_policy, deadline, attempt, error=exc)
                 if delay is None:
-                    raise APIConnectionError(f"POST {call.path}: {exc!r}") from exc
+                    raise transport_error("POST", call.path, exc) from exc
             else:
                 if response.status_code < 400:
                     return _iter_chunks(response)
                 response.read()
                 response.close()
-                delay = retry_delay(self.retry_policy, attempt, response=response)
+                delay = wait_before_retry(self.retry_policy, deadline, attempt, response=response)
                 if delay is None:
                     raise APIStatusError(response.status_code, decode_body(response))
             time.sleep(delay)

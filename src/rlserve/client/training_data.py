@@ -8,11 +8,14 @@ Every client response dict gets one extra key, `rlserve_train`:
 The top-level lists describe the first choice; `samples` holds every choice (n > 1,
 several prompts). A list is `None` when the server returned nothing to build it from.
 Sources, best first: vLLM's `return_token_ids` fields (`token_ids`, `prompt_token_ids`),
-then logprob tokens rendered as `token_id:N` (`return_tokens_as_token_ids`).
+then logprob tokens rendered as `token_id:N` (`return_tokens_as_token_ids`). Prompt ids
+the server leaves out come from the call (token-id prompts) or, when the client has a
+tokenizer, from the client's own tokenisation of the prompt.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 TRAIN_KEY = "rlserve_train"
@@ -103,15 +106,37 @@ def _bundle(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def completion_training_data(
-    response: dict[str, Any], prompt_tokens: list[int] | None = None, echo: bool = False
+    response: dict[str, Any],
+    prompt_tokens: list[int] | None = None,
+    echo: bool = False,
+    *,
+    per_prompt: Sequence[list[int] | None] | None = None,
+    n: int = 1,
 ) -> dict[str, Any]:
     """Training data from a `/v1/completions` response.
 
     `prompt_tokens` is used for choices that carry no `prompt_token_ids` (e.g. a
     token-id prompt the caller already has); `echo` says the logprobs cover the prompt too.
+    With several prompts, `per_prompt[i]` is the fallback for prompt `i`, whose `n`
+    choices have indices `i * n ... i * n + n - 1` (as vLLM numbers them).
     """
     choices = sorted(response.get("choices") or [], key=lambda c: c.get("index", 0))
-    return _bundle([_completion_sample(c, prompt_tokens, echo) for c in choices])
+
+    def fallback(choice: dict[str, Any]) -> list[int] | None:
+        position = choice.get("index", 0) // max(n, 1)
+        if per_prompt is not None and isinstance(position, int) and position < len(per_prompt):
+            return per_prompt[position]
+        return prompt_tokens
+
+    return _bundle([_completion_sample(c, fallback(c), echo) for c in choices])
+
+
+def lacks_prompt_tokens(kind: str, response: dict[str, Any]) -> bool:
+    """Whether a completion/chat response leaves some prompt's token ids out."""
+    if kind == "chat":
+        return _int_list(response.get("prompt_token_ids")) is None
+    choices = response.get("choices") or []
+    return any(_int_list(c.get("prompt_token_ids")) is None for c in choices)
 
 
 def chat_training_data(

@@ -6,9 +6,12 @@ so training data is the same with or without parsing.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Collection
 from typing import Any
 
-from rlserve.tools import StreamingToolParser, parse_tool_calls
+from rlserve.server.errors import APIError
+from rlserve.tools import StreamingToolParser, parse_tool_calls, validate_tools
 from rlserve.tools.parsers.reasoning import THINK_OPEN
 
 
@@ -22,23 +25,92 @@ def finish_reason(reason: str | None, made_calls: bool) -> str | None:
     return "tool_calls" if made_calls and reason == "stop" else reason
 
 
-class ToolCallFormat:
-    """How one request's replies are split into content, reasoning and tool calls."""
+def check_request_tools(tools: Any) -> None:
+    """400 naming the bad entry when a request's `tools` are unusable; call it before the
+    request is submitted."""
+    try:
+        validate_tools(tools)
+    except ValueError as exc:
+        raise APIError(400, str(exc), param="tools") from exc
 
-    def __init__(self, parser: str, tools: list[dict[str, Any]], think_open: bool) -> None:
+
+def trailing_blank_start(text: str, special_tokens: Collection[str] = ()) -> int:
+    """Where the run of whitespace and special-token text that ends `text` begins.
+
+    Special: the given token texts and `<|name|>` markers (the end-of-turn convention of
+    Qwen, Llama 3 and others), which with `skip_special_tokens: false` end the text.
+    """
+    i = len(text)
+    while i > 0:
+        if text[i - 1].isspace():
+            i -= 1
+            continue
+        token = next((t for t in special_tokens if t and text.endswith(t, 0, i)), None)
+        if token is None:
+            marker = _MARKER.search(text, max(0, i - _MARKER_MAX), i)
+            if marker is None:
+                break
+            i = marker.start()
+        else:
+            i -= len(token)
+    return i
+
+
+def partial_special_start(text: str, special_tokens: Collection[str] = ()) -> int:
+    """Where an unfinished special token (or `<|name|>` marker) ending `text` begins;
+    `len(text)` when there is none."""
+    longest = max((len(t) for t in special_tokens), default=0)
+    firsts = {t[0] for t in special_tokens if t} | {"<"}
+    for start in range(max(0, len(text) - max(longest, _MARKER_MAX)), len(text)):
+        if text[start] not in firsts:
+            continue
+        tail = text[start:]
+        if _PARTIAL_MARKER.fullmatch(tail) or any(
+            len(t) > len(tail) and t.startswith(tail) for t in special_tokens
+        ):
+            return start
+    return len(text)
+
+
+_MARKER_MAX = 68
+_MARKER = re.compile(r"<\|[^<>|\s]{1,64}\|>\Z")
+_PARTIAL_MARKER = re.compile(r"<(\|[^<>|\s]{0,64}\|?)?")
+
+
+class ToolCallFormat:
+    """How one request's replies are split into content, reasoning and tool calls.
+
+    The tools are checked on construction (ValueError naming the bad entry). In a reply
+    that calls tools, the whitespace and special tokens that end its content (the
+    end-of-turn token when `skip_special_tokens` is false) are not content: a reply
+    that is only calls has `content: null`, as OpenAI and vLLM send it, streamed or not.
+    `special_tokens`: the tokenizer's special-token texts.
+    """
+
+    def __init__(
+        self,
+        parser: str,
+        tools: list[dict[str, Any]],
+        think_open: bool,
+        special_tokens: Collection[str] = (),
+    ) -> None:
+        validate_tools(tools)
         self.parser = parser
         self.tools = tools
         self.think_open = think_open
+        self.special_tokens = tuple(t for t in special_tokens if isinstance(t, str) and t)
         self._streams: dict[int, StreamingToolParser] = {}
+        self._held: dict[int, str] = {}  # trailing blank content not sent yet
         self.made_calls: set[int] = set()
 
     def message(self, text: str) -> dict[str, Any]:
         """Assistant message fields for a whole reply."""
         parsed = parse_tool_calls(text, self.parser, self.tools, think_open=self.think_open)
         calls = [call.to_openai() for call in parsed.calls]
-        fields: dict[str, Any] = {
-            "content": parsed.content if parsed.content or not calls else None
-        }
+        content: str | None = parsed.content
+        if calls:
+            content = content[: trailing_blank_start(content, self.special_tokens)] or None
+        fields: dict[str, Any] = {"content": content}
         if calls:
             fields["tool_calls"] = calls
         if parsed.reasoning:
@@ -53,13 +125,32 @@ class ToolCallFormat:
             self._streams[index] = stream
         events = stream.feed(text) + (stream.finish() if final else [])
         fields: dict[str, Any] = {}
+        content = ""
         for event in events:
             if event.kind == "content":
-                fields["content"] = fields.get("content", "") + event.text
+                content += event.text
             elif event.kind == "reasoning":
                 fields["reasoning_content"] = fields.get("reasoning_content", "") + event.text
             elif event.kind == "tool_call" and event.call is not None:
                 self.made_calls.add(index)
                 call = {"index": event.index, **event.call.to_openai()}
                 fields.setdefault("tool_calls", []).append(call)
+        content = self._settled_content(index, content, final)
+        if content:
+            fields["content"] = content
         return fields
+
+    def _settled_content(self, index: int, content: str, final: bool) -> str:
+        """Content that can be sent now: a trailing run of whitespace and special tokens
+        (or the start of one) waits until more content follows it, and is dropped at the
+        end of a reply that called tools, so the deltas add up to `message()`'s content."""
+        pending = self._held.pop(index, "") + content
+        if final:
+            if index not in self.made_calls:
+                return pending
+            return pending[: trailing_blank_start(pending, self.special_tokens)]
+        partial = partial_special_start(pending, self.special_tokens)
+        cut = trailing_blank_start(pending[:partial], self.special_tokens)
+        if cut < len(pending):
+            self._held[index] = pending[cut:]
+        return pending[:cut]

@@ -10,6 +10,7 @@ from rlserve.tools.parsers import (
     ToolParser,
     get_parser,
     parse_tool_calls,
+    validate_tools,
 )
 from rlserve.tools.streaming import StreamEvent, StreamingToolParser
 
@@ -25,4 +26,5 @@ __all__ = [
     "forced_call_prefixes",
     "get_parser",
     "parse_tool_calls",
+    "validate_tools",
 ]

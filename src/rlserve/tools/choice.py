@@ -23,11 +23,14 @@ def forced_call_prefixes(
 ) -> list[str]:
     """`prefix_choices` enforcing `tool_choice` (ValueError naming what is wrong).
 
+    `tools` are checked whatever `tool_choice` is (see `validate_tools`), so a request
+    with unusable tools fails before it is generated.
     `think_open`: the prompt opened a `<think>` block, which a forced call closes first.
     """
+    index = ToolIndex(tools)
     if tool_choice is None or tool_choice in ("auto", "none"):
         return []
-    offered = list(ToolIndex(tools or []).parameters)
+    offered = list(index.parameters)
     if tool_choice == "required":
         names = offered
     elif isinstance(tool_choice, Mapping):
@@ -37,7 +40,8 @@ def forced_call_prefixes(
     else:
         raise ValueError(
             'tool_choice must be "auto", "none", "required" or '
-            f'{{"type": "function", "function": {{"name": ...}}}}, got {tool_choice!r}')
+            f'{{"type": "function", "function": {{"name": ...}}}}, got {tool_choice!r}'
+        )
     if not names:
         raise ValueError("tool_choice requires a tool call but no tools were given")
     opening = f"{THINK_CLOSE}\n\n" if think_open else ""
@@ -49,6 +53,8 @@ def _named_function(tool_choice: Mapping[str, Any]) -> str:
     function = tool_choice.get("function")
     name = function.get("name") if isinstance(function, Mapping) else None
     if tool_choice.get("type") != "function" or not isinstance(name, str) or not name:
-        raise ValueError('a named tool_choice must be {"type": "function", '
-                         f'"function": {{"name": ...}}}}, got {dict(tool_choice)!r}')
+        raise ValueError(
+            'a named tool_choice must be {"type": "function", '
+            f'"function": {{"name": ...}}}}, got {dict(tool_choice)!r}'
+        )
     return name

@@ -15,7 +15,7 @@ from rlserve.tools.parsers.json_format import JsonParser
 from rlserve.tools.parsers.llama3 import Llama3JsonParser
 from rlserve.tools.parsers.pythonic import PythonicParser
 from rlserve.tools.parsers.qwen3_coder import Qwen3CoderParser
-from rlserve.tools.parsers.schema import ToolIndex
+from rlserve.tools.parsers.schema import ToolIndex, validate_tools
 from rlserve.tools.parsers.types import ParseResult, ToolCall, ToolCallError, new_call_id
 from rlserve.tools.parsers.xml_format import XmlParser
 
@@ -59,4 +59,5 @@ __all__ = [
     "get_parser",
     "new_call_id",
     "parse_tool_calls",
+    "validate_tools",
 ]

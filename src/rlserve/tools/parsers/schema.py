@@ -11,7 +11,9 @@ from rlserve.tools.parsers.types import ToolCall, ToolCallError
 
 
 class ToolIndex:
-    """Offered tools by name. ``None`` means "not given": every name is accepted."""
+    """Offered tools by name. ``None`` means "not given": every name is accepted.
+
+    ValueError (see :func:`validate_tools`) when a definition is unusable."""
 
     def __init__(self, tools: Sequence[Mapping[str, Any]] | None = None) -> None:
         self.given = tools is not None
@@ -19,9 +21,9 @@ class ToolIndex:
         if tools is None:
             return
         if isinstance(tools, (str, bytes, Mapping)) or not isinstance(tools, Sequence):
-            raise ValueError("tools must be a list of tool definitions")
-        for tool in tools:
-            name, params = _unpack_tool(tool)
+            raise ValueError(f"tools must be a list of tool definitions, got {_kind(tools)}")
+        for position, tool in enumerate(tools):
+            name, params = _unpack_tool(tool, position)
             self.parameters[name] = params
 
     def unknown(self, name: str) -> str | None:
@@ -41,15 +43,44 @@ class ToolIndex:
         return kind if isinstance(kind, str) else None
 
 
-def _unpack_tool(tool: Any) -> tuple[str, dict[str, Any]]:
+def validate_tools(tools: Any) -> None:
+    """Check OpenAI-style tool definitions before any work is done with them.
+
+    ``tools`` is None or a list of ``{"type": "function", "function": {"name": ...,
+    "parameters": {...}}}`` (the bare function object is accepted too). ValueError naming
+    the bad entry (``tools[1]: ...``) when one is not an object, has a ``type`` other
+    than ``"function"``, has no non-empty string ``name``, or has ``parameters`` that are
+    not an object.
+    """
+    ToolIndex(tools)
+
+
+def _kind(value: Any) -> str:
+    return "an object" if isinstance(value, Mapping) else type(value).__name__
+
+
+def _unpack_tool(tool: Any, position: int) -> tuple[str, dict[str, Any]]:
+    where = f"tools[{position}]"
     if not isinstance(tool, Mapping):
-        raise ValueError(f"each tool must be a dict, got {type(tool).__name__}")
-    fn = tool.get("function", tool) if tool.get("type", "function") == "function" else tool
-    name = fn.get("name") if isinstance(fn, Mapping) else None
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"tool definition without a name: {tool!r}")
-    params = fn.get("parameters") or {}
-    return name, dict(params) if isinstance(params, Mapping) else {}
+        raise ValueError(f"{where}: a tool definition must be an object, got {_kind(tool)}")
+    kind = tool.get("type", "function")
+    if kind != "function":
+        raise ValueError(f"{where}: type must be 'function', got {kind!r}"[:200])
+    fn = tool.get("function", tool)
+    if not isinstance(fn, Mapping):
+        raise ValueError(f"{where}: function must be an object, got {_kind(fn)}")
+    name = fn.get("name")
+    if not isinstance(name, str) or not name.strip():
+        shown = "missing" if name is None else repr(name)[:80]
+        raise ValueError(
+            f"{where}: a function without a name (need a non-empty string, got {shown})"
+        )
+    params = fn.get("parameters")
+    if params is not None and not isinstance(params, Mapping):
+        raise ValueError(
+            f"{where}: function parameters must be a JSON-schema object, got {_kind(params)}"
+        )
+    return name, dict(params or {})
 
 
 def build_call(
