@@ -20,8 +20,11 @@ test: install
 lint: install
 	$(PY) -m ruff check src tests bench scripts
 
+# make serve PORT=8001 HOST=127.0.0.1 ARGS="--max-batch 32"
+PORT ?= 8000
+HOST ?= 127.0.0.1
 serve: install
-	.venv/bin/rlserve serve
+	.venv/bin/rlserve serve --host $(HOST) --port $(PORT) $(ARGS)
 
 run: install
 	.venv/bin/rlserve generate --chat "What is 37 + 48?" --max-tokens 32 --logprobs

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from rlserve import Engine, SamplingParams
 from rlserve.client import APIStatusError, Client, WeightSyncController
@@ -248,3 +248,69 @@ def test_freeze_waits_for_the_update(server, dirs) -> None:
     result = call_box["result"]
     assert result["policy_version"] == new
     assert set(result["weight_versions"]) == {new}
+
+
+def _paused_state(server: RunningServer) -> str | None:
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+    return httpx.get(server.url + "/policy_version", headers=headers).json()["paused"]
+
+
+def test_bad_update_in_abort_mode_aborts_nothing(server, client, dirs) -> None:
+    """The update is read and checked before anything is aborted: on error a request in
+    flight goes on and finishes normally, and the version stays."""
+    state = load_file(str(dirs["B"] / "model.safetensors"))
+    name = next(iter(state))
+    wrong_shape = {**state, name: torch.zeros(3, dtype=state[name].dtype)}
+    (dirs["weights"] / "bad").mkdir(exist_ok=True)
+    save_file(wrong_shape, str(dirs["weights"] / "bad" / "model.safetensors"))
+    whole = (dirs["B"] / "model.safetensors").read_bytes()
+    (dirs["weights"] / "cut.safetensors").write_bytes(whole[: len(whole) // 2])
+    version = client.policy_version()
+    bad_updates = [
+        lambda: client.update_weights_from_path("bad", mode="abort"),
+        lambda: client.update_weights_from_path("cut.safetensors", mode="abort"),
+        lambda: client.update_weights_from_path("B", version=version, mode="abort"),
+        lambda: client.update_weights({"model.nope.weight": torch.zeros(2)}, mode="abort"),
+        lambda: client.update_weights({name: wrong_shape[name]}, mode="abort"),
+        lambda: client.update_weights({name: state[name].double()}, mode="abort"),
+        lambda: client.update_weights_from_path("bad", mode="wait"),
+    ]
+    client.pause("keep")  # hold the request in flight while the updates are refused
+    try:
+        thread, box = _in_thread(client.generate_rl, input_ids=PROMPTS[1], max_tokens=8)
+        assert wait_until(server.engine.has_unfinished_requests, 10)
+        for update in bad_updates:
+            with pytest.raises(APIStatusError) as info:
+                update()
+            assert info.value.status_code == 400
+            assert str(dirs["root"]) not in str(info.value)  # no server paths
+        assert server.engine.has_unfinished_requests() and not box
+        assert _paused_state(server) == "keep"
+    finally:
+        client.resume()
+    thread.join(30)
+    assert box["result"]["finish_reason"] == "length"
+    assert client.policy_version() == version
+
+
+def test_updates_keep_an_operators_pause(server, client) -> None:
+    client.pause("wait")
+    try:
+        client.update_weights_from_path("B", mode="wait")
+        assert _paused_state(server) == "wait"
+        client.update_weights_from_path("B", mode="abort")
+        assert _paused_state(server) == "wait"
+    finally:
+        client.resume()
+    assert _paused_state(server) is None
+    assert greedy(client, PROMPTS[0])[0]
+
+
+def test_health_and_metrics_show_the_new_version_at_once(server, client) -> None:
+    """Read-your-writes: no waiting for the engine loop to republish its stats."""
+    for _ in range(3):
+        new = client.update_weights_from_path("B")["policy_version"]
+        assert httpx.get(server.url + "/health").json()["policy_version"] == new
+        assert httpx.get(server.url + "/metrics").json()["current_policy_version"] == new
+        text = httpx.get(server.url + "/metrics?format=prometheus").text
+        assert f"rlserve_policy_version {float(new)}" in text

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
+import json
+import math
 import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -14,6 +16,15 @@ from fastapi import Request
 from rlserve.server.errors import APIError
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+MAX_PATH_CHARS = 1024  # far beyond any real checkpoint path; longer is an error, not a path
+MAX_NAME_CHARS = 255  # one path component (the usual file-system limit)
+MAX_CONFIG_BYTES = 2**20
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """`repr(value)`, cut to `limit` characters (error messages echo what was sent)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def path_under(weights_dir: str | None, given: Any, param: str) -> Path:
@@ -25,13 +36,75 @@ def path_under(weights_dir: str | None, given: Any, param: str) -> Path:
         )
     if not isinstance(given, str) or not given:
         raise APIError(400, f"{param} must be a non-empty string", param)
+    if (
+        "\0" in given
+        or len(given) > MAX_PATH_CHARS
+        or any(len(part) > MAX_NAME_CHARS for part in given.split("/"))
+    ):
+        raise APIError(
+            400,
+            f"{param} {shown(given)} is not a usable path (NUL byte, or "
+            f"longer than {MAX_PATH_CHARS} characters / {MAX_NAME_CHARS} per "
+            "name)",
+            param,
+        )
     root = Path(weights_dir).resolve()
-    target = (root / given).resolve()
+    try:
+        target = (root / given).resolve()
+        exists = target.exists()
+    except (OSError, ValueError) as exc:  # a link loop, a name the file system refuses
+        raise APIError(
+            400, f"{param} {shown(given)} is not a usable path: {type(exc).__name__}", param
+        ) from exc
     if target != root and root not in target.parents:
-        raise APIError(400, f"{param} {given!r} is outside --weights-dir", param)
-    if not target.exists():
-        raise APIError(400, f"{param} {given!r} does not exist under --weights-dir", param)
+        raise APIError(400, f"{param} {shown(given)} is outside --weights-dir", param)
+    if not exists:
+        raise APIError(400, f"{param} {shown(given)} does not exist under --weights-dir", param)
     return target
+
+
+def check_adapter_config(folder: Path, origin: str) -> None:
+    """400 unless `folder`'s adapter_config.json is a JSON object with a positive integer
+    `r` and a finite `lora_alpha` (what the engine's loader divides by and scales with)."""
+    config_file = folder / "adapter_config.json"
+    if not config_file.is_file():
+        raise APIError(400, f"{origin} has no adapter_config.json")
+    if config_file.stat().st_size > MAX_CONFIG_BYTES:
+        raise APIError(400, f"the adapter_config.json of {origin} is over {MAX_CONFIG_BYTES} bytes")
+    try:
+        config = json.loads(config_file.read_bytes())
+    except (ValueError, RecursionError) as exc:
+        raise APIError(400, f"the adapter_config.json of {origin} is not valid JSON") from exc
+    if not isinstance(config, dict):
+        raise APIError(
+            400,
+            f"the adapter_config.json of {origin} must be a JSON object, got "
+            f"a {type(config).__name__}",
+        )
+    rank, alpha = config.get("r"), config.get("lora_alpha", 1)
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise APIError(
+            400,
+            f"the adapter_config.json of {origin}: r must be a positive integer, got {shown(rank)}",
+        )
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        raise APIError(
+            400,
+            f"the adapter_config.json of {origin}: lora_alpha must be a "
+            f"finite number, got {shown(alpha)}",
+        )
+
+
+def form_fields(parts: list[tuple[str, str | None, bytes]]) -> dict[str, str]:
+    """The text fields of a multipart body (parts without a file name); 400 if not UTF-8."""
+    fields = {}
+    for name, filename, value in parts:
+        if filename is None:
+            try:
+                fields[name] = value.decode()
+            except UnicodeDecodeError as exc:
+                raise APIError(400, f"form field {shown(name)} is not UTF-8 text", name) from exc
+    return fields
 
 
 def too_large(limit: int, what: str) -> APIError:
@@ -73,8 +146,14 @@ def parse_multipart(content_type: str, body: bytes) -> list[tuple[str, str | Non
 def plain_name(name: str) -> str:
     """A bare file name (no folders, no `..`); 400 otherwise."""
     base = PurePosixPath(name.replace("\\", "/")).name
-    if not base or base in (".", "..") or base != name:
-        raise APIError(400, f"upload file name {name!r} must be a plain file name")
+    if (
+        not base
+        or base in (".", "..")
+        or base != name
+        or "\0" in name
+        or len(name) > MAX_NAME_CHARS
+    ):
+        raise APIError(400, f"upload file name {shown(name)} must be a plain file name")
     return base
 
 
@@ -93,8 +172,8 @@ def extract_zip(archive: Path, dest: Path, limit: int) -> None:
             if sum(m.file_size for m in members) > limit:
                 raise too_large(limit, "the unpacked zip")
             zf.extractall(dest)
-    except zipfile.BadZipFile as exc:
-        raise APIError(400, f"the uploaded zip is not valid: {exc}") from exc
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise APIError(400, f"the uploaded zip cannot be unpacked: {type(exc).__name__}") from exc
 
 
 def adapter_folder(root: Path) -> Path:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import time
 from typing import Any
 
 from rlserve.outputs import RequestOutput
@@ -10,46 +12,111 @@ from rlserve.server.accumulate import PromptResult, Sample
 from rlserve.server.completions_format import results_usage, usage
 from rlserve.server.errors import APIError
 from rlserve.server.logprob_format import chat_logprobs, prompt_logprobs_entries
+from rlserve.server.prompt_input import tokenize_chat_text
 from rlserve.server.protocol import ChatCompletionRequest
 from rlserve.server.state import ServerState
 from rlserve.server.tool_calls import ToolCallFormat, finish_reason
 
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")  # OpenAI's
+
+
+def _bad_message(position: int, problem: str) -> APIError:
+    return APIError(400, f"messages[{position}]: {problem}", param="messages")
+
 
 def _text_content(message: dict[str, Any], position: int) -> dict[str, Any]:
-    """OpenAI content parts [{"type": "text", "text": ...}] -> one string."""
-    if not isinstance(message.get("role"), str):
-        raise APIError(400, f"messages[{position}] needs a string 'role'", param="messages")
+    """`message` checked, its OpenAI text parts joined into one string; content may only
+    be missing from an assistant message that calls tools (as OpenAI allows)."""
+    role = message.get("role")
+    if not isinstance(role, str):
+        raise _bad_message(position, "needs a string 'role'")
+    if role not in ROLES:
+        raise _bad_message(position, f"unknown role {role!r}; expected one of {list(ROLES)}")
     content = message.get("content")
-    if not isinstance(content, list):
+    if content is None:
+        if role == "assistant" and (message.get("tool_calls") or message.get("function_call")):
+            return message  # OpenAI: content is optional next to tool calls
+        raise _bad_message(position, "needs 'content' (a string or a list of text parts)")
+    if isinstance(content, str):
         return message
+    if not isinstance(content, list):
+        raise _bad_message(
+            position, f"content must be a string or a list of parts, not {type(content).__name__}"
+        )
     texts = []
     for part in content:
         if not isinstance(part, dict) or part.get("type") != "text":
-            raise APIError(
-                400, f"messages[{position}]: only text content parts are supported", "messages"
-            )
-        texts.append(str(part.get("text", "")))
+            raise _bad_message(position, "only text content parts are supported")
+        if not isinstance(part.get("text"), str):
+            raise _bad_message(position, "a text content part needs a string 'text'")
+        texts.append(part["text"])
     return {**message, "content": "".join(texts)}
 
 
-def render_prompt(state: ServerState, req: ChatCompletionRequest) -> tuple[str, list[int]]:
-    """Text and token ids of the conversation under the model's chat template (tools
-    included), tokenised the way `Engine.render_chat` does it."""
-    messages = [_text_content(m, i) for i, m in enumerate(req.messages)]
+def check_tools(tools: list[dict[str, Any]] | None) -> None:
+    """400 unless every tool is `{"type": "function", "function": {"name": ...}}` with a
+    non-empty string name (checked at admission: parsing a reply needs the names)."""
+    for i, tool in enumerate(tools or []):
+        kind = tool.get("type", "function")
+        function = tool.get("function")
+        if kind != "function":
+            raise APIError(400, f"tools[{i}].type must be 'function', got {kind!r}", "tools")
+        if not isinstance(function, dict):
+            raise APIError(400, f"tools[{i}] needs a 'function' object", param="tools")
+        name = function.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise APIError(400, f"tools[{i}].function needs a non-empty string 'name'", "tools")
+        parameters = function.get("parameters")
+        if parameters is not None and not isinstance(parameters, dict):
+            raise APIError(
+                400, f"tools[{i}].function.parameters must be a JSON Schema object", "tools"
+            )
+
+
+def check_request_template(state: ServerState, req: ChatCompletionRequest) -> None:
+    """Refuse a request's own chat template unless the server trusts them (vLLM's rule
+    and message): a template is code, and a looping one would hold a worker forever."""
+    in_kwargs = (req.chat_template_kwargs or {}).get("chat_template") is not None
+    if (req.chat_template is not None or in_kwargs) and not (
+        state.config.trust_request_chat_template
+    ):
+        raise APIError(
+            400,
+            "Chat template is passed with request, but --trust-request-chat-template is not "
+            "set. Refused request with untrusted chat template.",
+            param="chat_template",
+        )
+
+
+def _apply_template(state: ServerState, req: ChatCompletionRequest, messages: list) -> str:
     options = dict(req.chat_template_kwargs or {})
+    if req.chat_template is not None:
+        options["chat_template"] = req.chat_template
     if req.continue_final_message:
         options["continue_final_message"] = True
+    options.update(
+        tools=req.tools,
+        tokenize=False,
+        add_generation_prompt=req.add_generation_prompt and not req.continue_final_message,
+    )
     try:
-        text = state.tokenizer.apply_chat_template(
-            messages,
-            tools=req.tools,
-            tokenize=False,
-            add_generation_prompt=req.add_generation_prompt and not req.continue_final_message,
-            **options,
-        )
+        text = state.tokenizer.apply_chat_template(messages, **options)
     except Exception as exc:  # template errors come in many types (jinja, ValueError, ...)
         raise APIError(400, f"cannot apply the chat template: {exc}", "messages") from exc
-    return text, state.tokenizer.encode(text, add_special_tokens=False)
+    if not isinstance(text, str):
+        raise APIError(400, "the chat template options must leave the prompt as text", "messages")
+    return text
+
+
+async def render_prompt(state: ServerState, req: ChatCompletionRequest) -> tuple[str, list[int]]:
+    """Text and token ids of the conversation under the model's chat template (tools
+    included), tokenised the way `Engine.render_chat` does it. Rendering and tokenising
+    run in worker threads: neither a slow template nor a long text blocks the event loop."""
+    check_request_template(state, req)
+    check_tools(req.tools)
+    messages = [_text_content(m, i) for i, m in enumerate(req.messages)]
+    text = await asyncio.to_thread(_apply_template, state, req, messages)
+    return text, await tokenize_chat_text(state.tokenizer, text, state.max_model_len)
 
 
 def echo_prefix(req: ChatCompletionRequest) -> str:
@@ -81,7 +148,7 @@ class ChatView:
         self.base = {
             "id": response_id,
             "object": "chat.completion",
-            "created": state.created,
+            "created": int(time.time()),  # this request's time, as OpenAI sends
             "model": state.model_name,
         }
         self.prompt_ids = prompt_ids

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from rlserve.server.config import LOG_LEVELS, ServerConfig
@@ -58,7 +62,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--admin-key",
-        help="require 'Authorization: Bearer KEY' on the admin routes (default: open)",
+        help="require 'Authorization: Bearer KEY' on the admin routes (default: the "
+        "--api-key; with neither key they answer loopback clients only)",
+    )
+    p.add_argument(
+        "--allow-open-admin",
+        action="store_true",
+        help="with no key, open the admin routes to every client (needed to serve on a "
+        "non-loopback --host without a key)",
+    )
+    p.add_argument(
+        "--shutdown-grace-s",
+        type=float,
+        default=d.shutdown_grace_s,
+        help="on SIGTERM/SIGINT, how long running requests may finish before they are "
+        "aborted (default: %(default)s)",
     )
     p.add_argument("--weights-dir", help="folder that path-based updates/adapters may read")
     p.add_argument(
@@ -72,6 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=d.max_update_bytes,
         help="largest streamed /update_weights body (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=d.max_request_bytes,
+        help="largest /v1/* or /generate body; more gets 413 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--trust-request-chat-template",
+        action="store_true",
+        help="let chat requests bring their own chat_template (code run by the server)",
     )
     p.add_argument("--dtype", default="float32", help="engine dtype (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="engine device (default: %(default)s)")
@@ -97,9 +126,13 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         served_model_name=args.served_model_name,
         tool_call_parser=None if args.tool_call_parser == "none" else args.tool_call_parser,
         admin_key=args.admin_key,
+        allow_open_admin=args.allow_open_admin,
+        shutdown_grace_s=args.shutdown_grace_s,
         weights_dir=args.weights_dir,
         max_upload_bytes=args.max_upload_bytes,
         max_update_bytes=args.max_update_bytes,
+        max_request_bytes=args.max_request_bytes,
+        trust_request_chat_template=args.trust_request_chat_template,
     )
 
 
@@ -136,20 +169,61 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot load the model: %s", exc)
         return 2
 
-    import uvicorn
-
     from rlserve.server.app import create_app
 
     app = create_app(engine, config)
     log.info("serving %s on http://%s:%d", engine.model_path, config.host, config.port)
-    uvicorn.run(
+    serve(app, config)
+    return 0
+
+
+def serve(app: Any, config: ServerConfig) -> None:
+    """Run `app` under uvicorn until SIGTERM/SIGINT, then drain (see `DrainingServer`)."""
+    import uvicorn
+
+    uv_config = uvicorn.Config(
         app,
         host=config.host,
         port=config.port,
         log_level=config.log_level.lower(),
-        timeout_graceful_shutdown=5,
+        # Only a backstop: the engine loop ends every request at the grace period.
+        timeout_graceful_shutdown=int(config.shutdown_grace_s) + 10,
     )
-    return 0
+    drain = app.state.rlserve.loop.close
+    draining_server(uvicorn.Server)(uv_config, lambda: drain(config.shutdown_grace_s)).run()
+
+
+def draining_server(base: type) -> type:
+    """`uvicorn.Server` that, on the first SIGTERM/SIGINT, calls `on_signal` (stop
+    admitting, abort after the grace period) and then shuts down as usual, waiting for
+    the responses in flight. Unlike uvicorn it does not re-raise the signal afterwards,
+    so a clean drain exits with status 0. A second SIGINT still forces the exit."""
+
+    class DrainingServer(base):  # type: ignore[misc, valid-type]
+        def __init__(self, uv_config: Any, on_signal: Any) -> None:
+            super().__init__(uv_config)
+            self._on_signal = on_signal
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if not self.should_exit:
+                log.info("signal %d: refusing new requests, draining running ones", sig)
+                self._on_signal()
+            super().handle_exit(sig, frame)
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            handled = (signal.SIGINT, signal.SIGTERM)
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+    return DrainingServer
 
 
 if __name__ == "__main__":

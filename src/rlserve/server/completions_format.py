@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 from typing import Any
 
 from rlserve.outputs import RequestOutput
@@ -44,7 +45,7 @@ class CompletionView:
         self.base = {
             "id": response_id,
             "object": "text_completion",
-            "created": state.created,
+            "created": int(time.time()),  # this request's time, as OpenAI sends
             "model": state.model_name,
         }
         # streaming state

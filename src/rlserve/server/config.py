@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether `host` (an address or "localhost") can only be reached from this machine."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False  # another host name: it may resolve to any interface
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
 
 
 @dataclass
@@ -21,12 +36,20 @@ class ServerConfig:
     `adapter_path`: a PEFT LoRA adapter loaded at start-up under `adapter_name` (default:
     its folder's name); requests that name no model use it. `tool_call_parser`: the
     `rlserve.tools` format used to turn chat replies into `tool_calls` when a request
-    offers tools (None: never parse). `admin_key`: when set, the admin routes
-    (`/update_weights`, adapters, pause/resume/abort, `/policy_version`) require
-    `Authorization: Bearer <admin_key>`; when unset they are open (bind to 127.0.0.1).
+    offers tools (None: never parse). `admin_key`: the admin routes (`/update_weights`,
+    adapters, pause/resume/abort, `/policy_version`) require `Authorization: Bearer
+    <admin_key>`; without it they require the `api_key`, and with neither key they only
+    answer clients on a loopback address (403 for others). Serving on a non-loopback `host`
+    with neither key is refused (ValueError) unless `allow_open_admin`, which opens the
+    admin routes to every client: anyone who reaches the port could replace the weights.
+    `shutdown_grace_s`: on SIGTERM/SIGINT new requests get 503 and running ones may finish
+    for this long; then they are aborted (`finish_reason` "abort", partial output kept).
     `weights_dir`: the only folder path-based updates and adapters are read from (None:
     path loading is refused). `max_upload_bytes` / `max_update_bytes`: body size limits of
-    `/upload_adapter` and of a streamed `/update_weights`.
+    `/upload_adapter` and of a streamed `/update_weights`. `max_request_bytes`: body size
+    limit of the inference routes (`/v1/*`, `/generate`; more is refused with 413).
+    `trust_request_chat_template`: allow a chat request's own `chat_template` (refused by
+    default, as vLLM does: a template is code that runs in the server).
     """
 
     model: str | None = None
@@ -45,9 +68,13 @@ class ServerConfig:
     served_model_name: str | None = None
     tool_call_parser: str | None = "hermes"
     admin_key: str | None = None
+    allow_open_admin: bool = False
+    shutdown_grace_s: float = 10.0
     weights_dir: str | None = None
     max_upload_bytes: int = 256 * 2**20
     max_update_bytes: int = 16 * 2**30
+    max_request_bytes: int = 32 * 2**20
+    trust_request_chat_template: bool = False
 
     def __post_init__(self) -> None:
         self.log_level = str(self.log_level).upper()
@@ -56,7 +83,7 @@ class ServerConfig:
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise ValueError(f"port must be an integer in [0, 65535], got {self.port!r}")
         for name in ("max_batch", "max_tokens", "max_queue", "max_upload_bytes",
-                     "max_update_bytes"):
+                     "max_update_bytes", "max_request_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -82,6 +109,21 @@ class ServerConfig:
             raise ValueError("api_key must be non-empty when given")
         if self.admin_key is not None and not self.admin_key:
             raise ValueError("admin_key must be non-empty when given")
+        if not (self.admin_key or self.api_key or self.allow_open_admin or is_loopback(self.host)):
+            raise ValueError(
+                f"host {self.host!r} is reachable from other machines but the admin routes "
+                "(weight updates, adapters, pause/abort) have no key: set --admin-key (or "
+                "--api-key), or pass --allow-open-admin to leave them open to every client"
+            )
+        grace = self.shutdown_grace_s
+        if (
+            isinstance(grace, bool)
+            or not isinstance(grace, (int, float))
+            or not 0 <= grace < float("inf")
+        ):
+            raise ValueError(f"shutdown_grace_s must be a finite number >= 0, got {grace!r}")
+        if not isinstance(self.trust_request_chat_template, bool):
+            raise ValueError("trust_request_chat_template must be a bool")
         if self.weights_dir is not None and not Path(self.weights_dir).is_dir():
             raise ValueError(f"weights_dir {self.weights_dir!r} is not a folder")
 

@@ -14,13 +14,20 @@ class EngineCall:
     """`fn(engine)` queued for the engine thread; `future` lives on the caller's loop.
 
     `drain`: run only once no request is running (the engine is paused "wait" meanwhile).
+    `check`: run first, before anything is paused or aborted for `fn`; if it raises, the
+    call fails with its error and nothing else happens.
     """
 
     def __init__(
-        self, fn: Callable[[Any], Any], loop: asyncio.AbstractEventLoop, drain: bool = False
+        self,
+        fn: Callable[[Any], Any],
+        loop: asyncio.AbstractEventLoop,
+        drain: bool = False,
+        check: Callable[[Any], Any] | None = None,
     ) -> None:
         self.fn = fn
         self.drain = drain
+        self.check = check
         self.future: asyncio.Future[Any] = loop.create_future()
         self._loop = loop
 
@@ -32,6 +39,17 @@ class EngineCall:
             self._settle(None, exc)
         else:
             self._settle(result, None)
+
+    def passes_check(self, engine: Any) -> bool:
+        """Engine thread: run `check`; on its error settle the call with it, return False."""
+        if self.check is None:
+            return True
+        try:
+            self.check(engine)
+        except Exception as exc:
+            self._settle(None, exc)
+            return False
+        return True
 
     def fail(self, error: BaseException) -> None:
         self._settle(None, error)

@@ -7,8 +7,14 @@ asyncio queue. When the engine goes from idle to busy the thread waits up to
 while busy, new requests join the next step (continuous batching).
 
 `call(fn)` runs `fn(engine)` on this thread between two steps (weight updates, adapters,
-pause/resume). While the engine is paused nothing is scheduled, so the thread blocks on
-its inbox instead of stepping in a tight loop.
+pause/resume); the stats are republished before its caller hears back, so `/health` and
+`/metrics` show what an admin call changed as soon as it returns. While the engine is
+paused nothing is scheduled, so the thread blocks on its inbox instead of stepping in a
+tight loop.
+
+`close(grace_s)` begins a graceful shutdown: nothing new is admitted, running requests go
+on for `grace_s` seconds and are then aborted (their clients get `finish_reason` "abort"
+with their partial output); `stop()` ends the thread.
 """
 
 from __future__ import annotations
@@ -36,6 +42,10 @@ class Overloaded(Exception):
     """The waiting queue is full; the request was not taken (HTTP 429)."""
 
 
+class TooManySequences(Exception):
+    """One request has more sequences than the queue may ever hold (HTTP 400)."""
+
+
 class EngineUnavailable(Exception):
     """The engine thread is not running (startup failed, crashed or shutting down)."""
 
@@ -59,9 +69,13 @@ class EngineLoop:
         self._routes: dict[str, tuple[RequestGroup, int]] = {}
         self._lock = threading.Lock()
         self._queued_sequences = 0  # submitted, not yet handed to the engine
+        self._waiting_sequences = 0  # handed over, not yet running (forks to come included)
         self._stats: dict[str, Any] = {**engine.stats(), "tokens_per_second": 0.0}
         self._token_samples: deque[tuple[float, int]] = deque()
         self._stopping = threading.Event()
+        self._closing = threading.Event()  # close(): admit nothing new
+        self._abort_at: float | None = None  # close(): abort what still runs from then on
+        self._paused_for_drain = False  # whether the pause("wait") is ours, not an operator's
         self._thread = threading.Thread(target=self._run, name="rlserve-engine", daemon=True)
 
     # ---- any thread -----------------------------------------------------------------------
@@ -76,14 +90,28 @@ class EngineLoop:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
+    def close(self, grace_s: float) -> None:
+        """Graceful shutdown (any thread, a signal handler included): refuse new requests
+        (503) from now on, and abort those still running `grace_s` seconds later."""
+        if self._closing.is_set():
+            return
+        self._abort_at = time.monotonic() + max(0.0, grace_s)
+        self._closing.set()
+        self._inbox.put(("wake", None))
+
+    @property
+    def closing(self) -> bool:
+        return self._closing.is_set()
+
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive() and not self._stopping.is_set()
+        """Running and admitting requests (False once `close()` or `stop()` began)."""
+        return self._thread.is_alive() and not self._stopping.is_set() and not self.closing
 
     @property
     def queue_depth(self) -> int:
         """Sequences waiting for a batch slot (not yet handed over, or queued in the engine)."""
-        return self._queued_sequences + int(self._stats.get("num_waiting", 0))
+        return self._queued_sequences + self._waiting_sequences
 
     def stats(self) -> dict[str, Any]:
         """The engine's counters after the latest step, plus queue depth and tokens/s."""
@@ -107,7 +135,13 @@ class EngineLoop:
         with self._lock:  # shutdown drains the inbox under this lock: nothing slips past it
             if not self.alive:
                 raise EngineUnavailable("the engine is not running (starting or stopping)")
-            if self.queue_depth + group.num_sequences > self.max_queue and self.queue_depth:
+            if group.num_sequences > self.max_queue:
+                raise TooManySequences(
+                    f"this request has {group.num_sequences} sequences (prompts x n) but at "
+                    f"most {self.max_queue} may wait (--max-queue); send fewer prompts or a "
+                    "smaller n"
+                )
+            if self.queue_depth + group.num_sequences > self.max_queue:
                 raise Overloaded(
                     f"server overloaded: {self.queue_depth} sequences are already waiting "
                     f"(limit --max-queue {self.max_queue}); retry later"
@@ -119,27 +153,59 @@ class EngineLoop:
     def _request_abort(self, group: RequestGroup) -> None:
         self._inbox.put(("abort", group))
 
-    async def call(self, fn: Callable[[Any], Any], drain: bool = False) -> Any:
+    async def call(
+        self,
+        fn: Callable[[Any], Any],
+        drain: bool = False,
+        check: Callable[[Any], Any] | None = None,
+    ) -> Any:
         """Run `fn(engine)` on the engine thread between two steps; its result or exception
-        comes back here. `drain`: first pause("wait") until no request runs, then resume."""
-        call = EngineCall(fn, asyncio.get_running_loop(), drain)
+        comes back here. `drain`: first pause("wait") until no request runs, then resume.
+        `check(engine)` runs before that pause; if it raises, nothing else happens."""
+        call = EngineCall(self._then_publish(fn), asyncio.get_running_loop(), drain, check)
         with self._lock:
-            if not self.alive:
+            if not self._thread.is_alive() or self._stopping.is_set():
                 raise EngineUnavailable("the engine is not running (starting or stopping)")
             self._inbox.put(("call", call))
         return await call.future
 
-    async def update(self, fn: Callable[[Any], Any], mode: str = "keep") -> Any:
+    def _then_publish(self, fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        """`fn`, then fresh stats before its caller hears back (read-your-writes)."""
+
+        def run(engine: Any) -> Any:
+            try:
+                return fn(engine)
+            finally:
+                self._publish_stats()
+
+        return run
+
+    async def update(
+        self,
+        fn: Callable[[Any], Any],
+        mode: str = "keep",
+        check: Callable[[Any], Any] | None = None,
+    ) -> Any:
         """Run the weight update `fn(engine)` in pause `mode`: "keep" between two steps,
         "wait" once running requests finished (they keep streaming meanwhile), "abort"
-        after aborting every request (their partial outputs are delivered first)."""
+        after aborting every request (their partial outputs are delivered first).
+        `check(engine)` runs before anything is paused or aborted: when it raises, running
+        requests are untouched. An operator's earlier pause outlives the update."""
         if mode == "keep":
-            return await self.call(fn)
+            return await self.call(fn, check=check)
         if mode == "wait":
-            return await self.call(fn, drain=True)
+            return await self.call(fn, drain=True, check=check)
         if mode == "abort":
-            return await self.call(self._after_abort(fn))
+            return await self.call(self._after_abort(fn), check=check)
         raise ValueError(f"mode must be one of 'keep', 'wait', 'abort', got {mode!r}")
+
+    async def pause(self, mode: str) -> None:
+        """An operator's pause: it stays until `resume()`, whatever updates run meanwhile."""
+        await self.call(lambda engine: self._operator_pause(engine, mode))
+
+    async def resume(self, recompute_kv: bool = False) -> None:
+        """End an operator's pause (a pending "wait" update keeps draining first)."""
+        await self.call(lambda engine: self._operator_resume(engine, recompute_kv))
 
     def _after_abort(self, fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
         def run(engine: Any) -> Any:
@@ -151,6 +217,8 @@ class EngineLoop:
             finally:
                 if before is None:
                     engine.resume()
+                else:
+                    engine.pause(before)  # nothing is left to abort; the pause goes on
 
         return run
 
@@ -164,6 +232,7 @@ class EngineLoop:
     def _run(self) -> None:
         try:
             while not self._stopping.is_set():
+                self._abort_after_grace()
                 self._run_drained_calls()
                 if not self.engine.has_unfinished_requests():
                     self._wait_for_work()
@@ -231,13 +300,20 @@ class EngineLoop:
                 if self._routes.pop(engine_id, None) is not None:
                     self.engine.abort(engine_id)
             return 0
-        with self._lock:
+        with self._lock:  # moved from one count to the other: never briefly uncounted
             self._queued_sequences -= group.num_sequences
-        return self._add(group)
+            self._waiting_sequences += group.num_sequences
+        added = self._add(group)
+        if not added:
+            self._waiting_sequences -= group.num_sequences
+        return added
 
     def _start_call(self, call: EngineCall) -> None:
+        if not call.passes_check(self.engine):
+            return  # refused before anything was paused or aborted
         if call.drain and self.engine.paused is None:
             self.engine.pause("wait")
+            self._paused_for_drain = True
             self._draining.append(call)
             return
         if call.drain and self.engine.paused == "wait":
@@ -247,13 +323,37 @@ class EngineLoop:
         self._step_if_aborted()
 
     def _run_drained_calls(self) -> None:
-        """Run the calls waiting for a drain once nothing runs, then generate again."""
+        """Run the calls waiting for a drain once nothing runs, then generate again
+        (unless the pause is an operator's)."""
         if not self._draining or self.engine.num_running:
             return
         while self._draining:
             self._draining.popleft().run(self.engine)
-        if self.engine.paused == "wait":
+        if self._paused_for_drain and self.engine.paused == "wait":
             self.engine.resume()
+        self._paused_for_drain = False
+
+    def _operator_pause(self, engine: Any, mode: str) -> None:
+        engine.pause(mode)
+        self._paused_for_drain = False  # the operator's now: only resume() ends it
+
+    def _operator_resume(self, engine: Any, recompute_kv: bool) -> None:
+        engine.resume(recompute_kv=recompute_kv)
+        if self._draining:  # a "wait" update is pending: keep draining for it
+            engine.pause("wait")
+        self._paused_for_drain = bool(self._draining)
+
+    def _abort_after_grace(self) -> None:
+        """After close()'s grace period, abort whatever still runs (partial outputs go to
+        their clients with finish_reason "abort")."""
+        if self._abort_at is None or not self._routes or time.monotonic() < self._abort_at:
+            return
+        log.info("shutdown grace period over: aborting %d running request(s)", len(self._routes))
+        for engine_id in list(self._routes):
+            self.engine.abort(engine_id, reason="the server is shutting down")
+        self._step()
+        if self._routes:  # the engine did not report some of them: end them anyway
+            self._fail_all(EngineUnavailable("the server is shutting down"))
 
     def _step_if_aborted(self) -> None:
         """Deliver the partial outputs of requests a call aborted (pause("abort"))."""
@@ -290,6 +390,9 @@ class EngineLoop:
         return group.num_sequences
 
     def _step(self) -> None:
+        """One engine step; deliver its deltas. A request the engine failed alone (its
+        delta has `error`) fails its whole group, and only that group; if `step()` itself
+        raises, nobody can tell whose fault it was, and every routed group fails."""
         try:
             outputs = self.engine.step()
         except Exception as exc:
@@ -299,18 +402,33 @@ class EngineLoop:
             return
         batch = sum(len(out.outputs) for out in outputs)
         by_loop: dict[asyncio.AbstractEventLoop, list[Delivery]] = {}
+        failed: set[RequestGroup] = set()
         for out in outputs:
             route = self._routes.get(out.request_id)
             if route is None:
                 continue  # aborted by its handler, or never routed
             group, index = route
+            error = getattr(out, "error", None)  # engines without per-request errors
+            if error:
+                self._fail_group(group, EngineFailure(f"request failed in the engine: {error}"))
+                failed.add(group)
+                continue
             group.max_batch_size = max(group.max_batch_size, batch)
             if out.finished:
                 del self._routes[out.request_id]
             by_loop.setdefault(group.loop, []).append((group, index, out))
         for loop, deliveries in by_loop.items():
-            deliver_all(loop, deliveries)
+            kept = [d for d in deliveries if d[0] not in failed]
+            if kept:
+                deliver_all(loop, kept)
         self._publish_stats()
+
+    def _fail_group(self, group: RequestGroup, error: EngineFailure) -> None:
+        """End `group` with `error`, aborting its other prompts still in the engine."""
+        for engine_id in group.engine_ids:
+            if self._routes.pop(engine_id, None) is not None:
+                self.engine.abort(engine_id)
+        group.fail(error)
 
     def _publish_stats(self) -> None:
         stats = self.engine.stats()
@@ -322,6 +440,14 @@ class EngineLoop:
         span = now - samples[0][0]
         rate = (samples[-1][1] - samples[0][1]) / span if span > 0 else 0.0
         self._stats = {**stats, "tokens_per_second": rate}
+        self._waiting_sequences = self._count_waiting(stats)
+
+    def _count_waiting(self, stats: dict[str, Any]) -> int:
+        """Sequences waiting in the engine: an n > 1 request counts with its forks to come."""
+        scheduler = getattr(self.engine, "scheduler", None)
+        if scheduler is None:  # engines without a scheduler to look into
+            return int(stats.get("num_waiting", 0))
+        return sum(1 + getattr(seq, "num_forks", 0) for seq in scheduler.waiting)
 
     def _fail_all(self, error: BaseException) -> None:
         groups = {group for group, _ in self._routes.values()}

@@ -10,8 +10,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from rlserve.server.engine_loop import EngineFailure, EngineUnavailable, Overloaded
+from rlserve.server.engine_loop import (
+    EngineFailure,
+    EngineUnavailable,
+    Overloaded,
+    TooManySequences,
+)
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +103,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _overloaded(_: Request, exc: Overloaded) -> JSONResponse:
         return error_response(429, str(exc), code="queue_full")
 
+    @app.exception_handler(TooManySequences)
+    async def _too_many(_: Request, exc: TooManySequences) -> JSONResponse:
+        return error_response(400, str(exc), code="too_many_sequences")
+
     @app.exception_handler(EngineUnavailable)
     async def _unavailable(_: Request, exc: EngineUnavailable) -> JSONResponse:
         return error_response(503, str(exc))
@@ -105,7 +115,39 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _failure(_: Request, exc: EngineFailure) -> JSONResponse:
         return error_response(500, str(exc))
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        return error_response(500, f"internal server error: {exc!r}")
+    app.add_middleware(CatchAllMiddleware)
+
+
+def unexpected_error_response(exc: BaseException) -> JSONResponse:
+    """A 500 naming only the exception type (its text may hold server paths)."""
+    return error_response(500, f"internal server error ({type(exc).__name__})")
+
+
+class CatchAllMiddleware:
+    """Answers an exception no handler took with a complete JSON 500, and returns normally.
+
+    Starlette's own catch-all handler re-raises after answering, and uvicorn then closes
+    the connection: a client's pooled keep-alive connection would break with the request.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked_send)
+        except Exception as exc:
+            log.exception("unhandled error")
+            if started:  # too late for a status: the response is cut off, as it must be
+                raise
+            await unexpected_error_response(exc)(scope, receive, send)

@@ -17,13 +17,84 @@ M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
 
 
-async def parse_body(request: Request, model: type[M]) -> M:
-    """Decode and validate a JSON body; 400 names the offending fields."""
-    raw = await request.body()
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The request body, refused (413) past `max_bytes`: a too large Content-Length before
+    reading anything, a chunked body as soon as it crosses the limit (never buffered)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise APIError(400, "the Content-Length header is not a number")
+        if int(declared) > max_bytes:
+            raise _too_large(max_bytes)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(max_bytes)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(max_bytes: int) -> APIError:
+    return APIError(
+        413,
+        f"the request body is larger than the server limit of {max_bytes} bytes "
+        "(--max-request-bytes)",
+        code="request_too_large",
+    )
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def decode_json(raw: bytes) -> Any:
+    """Strict JSON: no NaN/Infinity literals, no lone surrogates; 400 on anything else."""
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = json.loads(raw, parse_constant=_no_constants)
+    except RecursionError as exc:
+        raise APIError(400, "malformed JSON body: nested too deeply") from exc
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
         raise APIError(400, f"malformed JSON body: {exc}") from exc
+    if b"\\u" in raw and _has_lone_surrogate(data):
+        raise APIError(400, "malformed JSON body: a string holds a lone UTF-16 surrogate")
+    return data
+
+
+def _has_lone_surrogate(data: Any) -> bool:
+    """Whether any string (or key) in `data` cannot be encoded as UTF-8 (iterative: the
+    nesting depth json.loads accepted may be past the recursion limit)."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+async def parse_body(request: Request, model: type[M], max_bytes: int | None = None) -> M:
+    """Decode and validate a JSON body (at most `max_bytes`); 400 names the offending
+    fields, 413 a body over the limit. Large bodies are parsed in a worker thread."""
+    raw = await (request.body() if max_bytes is None else read_body(request, max_bytes))
+    if len(raw) > _PARSE_INLINE_BYTES:
+        return await asyncio.to_thread(_validated, raw, model)
+    return _validated(raw, model)
+
+
+_PARSE_INLINE_BYTES = 256 * 1024  # parsing more would hold the event loop for milliseconds
+
+
+def _validated(raw: bytes, model: type[M]) -> M:
+    data = decode_json(raw)
     if not isinstance(data, dict):
         raise APIError(400, "the request body must be a JSON object")
     try:
@@ -31,6 +102,8 @@ async def parse_body(request: Request, model: type[M]) -> M:
     except ValidationError as exc:
         message, param = validation_message(exc)
         raise APIError(400, message, param) from exc
+    except RecursionError as exc:
+        raise APIError(400, "the request body is nested too deeply") from exc
 
 
 async def wait_accepted(group: RequestGroup, fields: set[str]) -> None:

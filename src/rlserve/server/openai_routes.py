@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import fields, replace
 from typing import Any, Protocol
@@ -24,6 +25,7 @@ from rlserve.server.http_utils import (
     unless_disconnected,
     wait_accepted,
 )
+from rlserve.server.prompt_input import tokenize_prompts
 from rlserve.server.protocol import ChatCompletionRequest, CompletionRequest, OpenAIFields
 from rlserve.server.request_group import Prompt, RequestGroup
 from rlserve.server.sampling import build_params
@@ -32,6 +34,8 @@ from rlserve.server.tool_calls import ToolCallFormat, prompt_opens_thinking
 from rlserve.tools import forced_call_prefixes
 
 PARAM_FIELDS = {f.name for f in fields(SamplingParams)} | {"prompt", "messages"}
+
+log = logging.getLogger(__name__)
 
 
 class _StreamView(Protocol):
@@ -75,6 +79,11 @@ async def _events(
         status = 503 if isinstance(exc, EngineUnavailable) else 500
         yield sse(error_body(status, str(exc), code=status))
         yield SSE_DONE
+    except Exception as exc:  # a bug formatting a chunk: the client still gets an end
+        log.exception("stream failed")
+        message = f"internal server error ({type(exc).__name__})"
+        yield sse(error_body(500, message, code=500))
+        yield SSE_DONE
     finally:
         group.abort()
 
@@ -112,6 +121,7 @@ def completion_params(state: ServerState, req: CompletionRequest) -> SamplingPar
         default_max_tokens=state.config.max_tokens,
         logprobs=req.logprobs,
         max_logprobs=state.config.max_logprobs,
+        max_batch=state.loop.max_batch,
         prompt_logprobs=echo_logprobs,
     )
 
@@ -129,6 +139,7 @@ def chat_params(state: ServerState, req: ChatCompletionRequest) -> SamplingParam
         default_max_tokens=state.config.max_tokens,
         logprobs=(req.top_logprobs or 0) if req.logprobs else None,
         max_logprobs=state.config.max_logprobs,
+        max_batch=state.loop.max_batch,
     )
 
 
@@ -136,13 +147,18 @@ def forced_calls(state: ServerState, req: ChatCompletionRequest, prompt_text: st
     """`prefix_choices` for `tool_choice` "required" or a named function (400 if impossible)."""
     parser = state.config.tool_call_parser
     try:
-        prefixes = forced_call_prefixes(req.tool_choice, req.tools, parser or "hermes",
-                                        think_open=prompt_opens_thinking(prompt_text))
+        prefixes = forced_call_prefixes(
+            req.tool_choice,
+            req.tools,
+            parser or "hermes",
+            think_open=prompt_opens_thinking(prompt_text),
+        )
     except ValueError as exc:
         raise APIError(400, str(exc), param="tool_choice") from exc
     if prefixes and not parser:
-        raise APIError(400, "tool_choice needs a server started with --tool-call-parser",
-                       param="tool_choice")
+        raise APIError(
+            400, "tool_choice needs a server started with --tool-call-parser", param="tool_choice"
+        )
     return prefixes
 
 
@@ -158,10 +174,12 @@ def tool_format(
 
 async def create_completion(state: ServerState, request: Request) -> Response:
     """`POST /v1/completions`: JSON, or SSE when `stream`."""
-    req = await parse_body(request, CompletionRequest)
+    req = await parse_body(request, CompletionRequest, state.config.max_request_bytes)
     lora_name = state.resolve_model(req.model)
     prompts = completion_prompts(req.prompt)
-    group = state.loop.submit(prompts, completion_params(state, req), lora_name)
+    params = completion_params(state, req)
+    prompt_ids = await tokenize_prompts(state.tokenizer, prompts, state.max_model_len)
+    group = state.loop.submit(prompt_ids, params, lora_name)
     await wait_accepted(group, PARAM_FIELDS)
     view = CompletionView(req, state, prompts, new_id("cmpl"))
     if req.stream:
@@ -172,10 +190,11 @@ async def create_completion(state: ServerState, request: Request) -> Response:
 
 async def create_chat_completion(state: ServerState, request: Request) -> Response:
     """`POST /v1/chat/completions`: JSON, or SSE when `stream`."""
-    req = await parse_body(request, ChatCompletionRequest)
+    req = await parse_body(request, ChatCompletionRequest, state.config.max_request_bytes)
     lora_name = state.resolve_model(req.model)
-    prompt_text, prompt_ids = render_prompt(state, req)
-    params = replace(chat_params(state, req), prefix_choices=forced_calls(state, req, prompt_text))
+    params = chat_params(state, req)
+    prompt_text, prompt_ids = await render_prompt(state, req)
+    params = replace(params, prefix_choices=forced_calls(state, req, prompt_text))
     group = state.loop.submit([prompt_ids], params, lora_name)
     await wait_accepted(group, PARAM_FIELDS)
     tools = tool_format(state, req, prompt_text)

@@ -44,8 +44,9 @@ def ops_router(state: ServerState) -> APIRouter:
     @router.get("/health")
     async def health() -> Response:
         healthy = state.loop.alive
+        unhealthy = "shutting_down" if state.loop.closing else "unhealthy"
         body = {
-            "status": "healthy" if healthy else "unhealthy",
+            "status": "healthy" if healthy else unhealthy,
             "model_loaded": True,
             "policy_version": state.policy_version,
         }

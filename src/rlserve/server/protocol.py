@@ -3,17 +3,20 @@
 Types are checked here (wrong type -> 400 naming the field); value ranges are checked
 by `SamplingParams`, so the server and the in-process engine refuse the same things.
 Unknown fields are ignored, as vLLM does, so any OpenAI SDK version can talk to us.
+Floats must be finite (no "inf"/NaN) and integers fit int64, as vLLM bounds `seed`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
 class StreamOptions(_Body):
@@ -24,26 +27,27 @@ class StreamOptions(_Body):
 class SamplingFields(_Body):
     """Sampling fields common to every endpoint (OpenAI + vLLM names)."""
 
-    n: int = 1
+    n: Int64 = 1
     temperature: float | None = None
+    do_sample: bool | None = None  # Hugging Face's name; False means greedy
     top_p: float | None = None
-    top_k: int | None = None
+    top_k: Int64 | None = None
     min_p: float | None = None
-    max_tokens: int | None = None
-    min_tokens: int = 0
+    max_tokens: Int64 | None = None
+    min_tokens: Int64 = 0
     stop: str | list[str] | None = None
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: list[Int64] | None = None
     ignore_eos: bool = False
-    seed: int | None = None
+    seed: Int64 | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
-    prompt_logprobs: int | None = None
+    prompt_logprobs: Int64 | None = None
     # Known but unsupported: accepted only at their neutral values.
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     repetition_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
-    best_of: int | None = None
+    best_of: Int64 | None = None
     use_beam_search: bool = False
 
 
@@ -63,7 +67,7 @@ class CompletionRequest(OpenAIFields):
     """`POST /v1/completions`."""
 
     prompt: Prompt
-    logprobs: int | None = None
+    logprobs: Int64 | None = None
     echo: bool = False
     suffix: str | None = None
 
@@ -72,9 +76,9 @@ class ChatCompletionRequest(OpenAIFields):
     """`POST /v1/chat/completions`."""
 
     messages: list[dict[str, Any]] = Field(min_length=1)
-    max_completion_tokens: int | None = None
+    max_completion_tokens: Int64 | None = None
     logprobs: bool = False
-    top_logprobs: int | None = None
+    top_logprobs: Int64 | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
@@ -82,6 +86,7 @@ class ChatCompletionRequest(OpenAIFields):
     echo: bool = False
     add_generation_prompt: bool = True
     continue_final_message: bool = False
+    chat_template: str | None = None  # refused unless --trust-request-chat-template
     chat_template_kwargs: dict[str, Any] | None = None
 
 
@@ -96,7 +101,7 @@ class GenerateRequest(SamplingFields):
     input_ids: list[int] | list[list[int]] | None = None
     model: str | None = None
     temperature: float | None = 1.0
-    logprobs: int | None = None
-    policy_version: int | None = None
-    step_id: int | None = None
+    logprobs: Int64 | None = None
+    policy_version: Int64 | None = None
+    step_id: Int64 | None = None
     request_id: str | None = None

@@ -14,6 +14,7 @@ from rlserve.server.accumulate import PromptResult, Sample, collect
 from rlserve.server.errors import APIError
 from rlserve.server.http_utils import parse_body, unless_disconnected, wait_accepted
 from rlserve.server.logprob_format import clamp
+from rlserve.server.prompt_input import tokenize_prompts
 from rlserve.server.protocol import GenerateRequest
 from rlserve.server.request_group import Prompt
 from rlserve.server.sampling import build_params
@@ -82,7 +83,7 @@ def _items(results: list[PromptResult], many: bool, with_top: bool) -> list[dict
 async def generate(state: ServerState, request: Request) -> Response:
     """`POST /generate`: seed 002's response, or `results` for a list of prompts / n > 1."""
     start = time.perf_counter()
-    req = await parse_body(request, GenerateRequest)
+    req = await parse_body(request, GenerateRequest, state.config.max_request_bytes)
     lora_name = state.resolve_model(req.model)
     prompts, grouped = rl_prompts(req)
     k = top_logprobs_k(req)
@@ -92,8 +93,10 @@ async def generate(state: ServerState, request: Request) -> Response:
         default_max_tokens=state.config.max_tokens,
         logprobs=k,
         max_logprobs=state.config.max_logprobs,
+        max_batch=state.loop.max_batch,
     )
-    group = state.loop.submit(prompts, params, lora_name, req.request_id)
+    prompt_ids = await tokenize_prompts(state.tokenizer, prompts, state.max_model_len)
+    group = state.loop.submit(prompt_ids, params, lora_name, req.request_id)
     await wait_accepted(group, PARAM_FIELDS)
     results = await unless_disconnected(request, group, collect(group))
     current = state.policy_version

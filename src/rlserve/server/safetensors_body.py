@@ -80,7 +80,7 @@ def parse_safetensors(buffer: torch.Tensor) -> dict[str, torch.Tensor]:
         raise ValueError(f"the header length {header_len} runs past the end of the data")
     try:
         header = json.loads(buffer[8:8 + header_len].numpy().tobytes())
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
         raise ValueError(f"the header is not JSON: {exc}") from exc
     if not isinstance(header, dict):
         raise ValueError("the header is not a JSON object")

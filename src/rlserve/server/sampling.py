@@ -28,6 +28,25 @@ def check_supported(req: SamplingFields) -> None:
         raise APIError(400, "best_of must equal n (rlserve returns every sample)", "best_of")
 
 
+def check_schedulable(n: int, max_batch: int) -> None:
+    """Refuse (400) an `n` the scheduler could never run: all n samples of a prompt must
+    share one step, so n > the batch size would wait forever and block later requests."""
+    if n > max_batch:
+        raise APIError(
+            400,
+            f"n ({n}) exceeds the {max_batch} sequences one engine step can run; "
+            "lower n or start the server with a larger --max-batch",
+            param="n",
+        )
+
+
+def temperature_of(req: SamplingFields) -> float:
+    """The request's temperature; `do_sample: false` (Hugging Face's switch) means greedy."""
+    if req.do_sample is False:
+        return 0.0
+    return 1.0 if req.temperature is None else req.temperature
+
+
 def build_params(
     req: SamplingFields,
     *,
@@ -35,14 +54,18 @@ def build_params(
     default_max_tokens: int,
     logprobs: int | None,
     max_logprobs: int,
+    max_batch: int | None = None,
     prompt_logprobs: int | None = None,
 ) -> SamplingParams:
     """SamplingParams for `req`; 400 naming the field on any invalid value.
 
     `max_tokens` None means the server default; above the server limit is refused.
+    `max_batch`: the engine's sequences per step, the most `n` can be (None: no bound).
     `prompt_logprobs` overrides the request's (e.g. `echo` with `logprobs`).
     """
     check_supported(req)
+    if max_batch is not None:
+        check_schedulable(req.n, max_batch)
     if max_tokens is None:
         max_tokens = default_max_tokens
     elif max_tokens > default_max_tokens:
@@ -60,7 +83,7 @@ def build_params(
     try:
         return SamplingParams(
             n=req.n,
-            temperature=1.0 if req.temperature is None else req.temperature,
+            temperature=temperature_of(req),
             top_p=1.0 if req.top_p is None else req.top_p,
             top_k=-1 if req.top_k in (None, 0) else req.top_k,
             min_p=0.0 if req.min_p is None else req.min_p,

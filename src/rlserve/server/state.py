@@ -18,7 +18,9 @@ from rlserve.server.safetensors_body import ReceiveBuffer
 @dataclass
 class ServerState:
     """Shared by the routes. `tokenizer` is the server's own copy (never the engine's,
-    which belongs to the engine thread): chat templates, echo text, logprob tokens."""
+    which belongs to the engine thread): chat templates, echo text, logprob tokens.
+    `default_adapter`: the LoRA adapter requests naming no model use (the start-up one,
+    or the latest loaded without a name; see `admin_routes`)."""
 
     config: ServerConfig
     loop: EngineLoop
@@ -39,11 +41,16 @@ class ServerState:
         """Names of the LoRA adapters the engine holds (each served as a model id)."""
         return sorted(getattr(self.loop.engine, "adapters", None) or {})
 
+    def current_default_adapter(self) -> str | None:
+        """The default adapter, if the engine still holds it (else: the base weights)."""
+        name = self.default_adapter
+        return name if name is not None and name in self.adapters() else None
+
     def resolve_model(self, name: str | None) -> str | None:
         """The LoRA adapter a request's `model` selects (None: the base weights); 404 for
         a model this server does not serve. No model means the default adapter, if any."""
         if name is None:
-            return self.default_adapter
+            return self.current_default_adapter()
         if name in (self.model_name, self.model_path):
             return None
         if name in self.adapters():
