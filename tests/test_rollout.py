@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import copy
 import operator
 import time
 from collections.abc import Callable
@@ -184,6 +185,24 @@ def test_bundled_executor_exception_is_an_infra_error(bundled):
     assert "ConnectionError" in traj.error
     assert [s.kind for s in traj.segments] == ["model"]  # nothing appended after the call
     check_consistent(traj)
+
+
+def test_bundled_request_failing_inside_the_engine_is_an_infra_error(bundled, monkeypatch):
+    # Fault injection, not a mock: the real engine runs a request corrupted after admission
+    # (the stand-in for an input a validation gap lets through), and its sampling fails.
+    admit = bundled.add_request
+
+    def add_corrupted(prompt, params, *args, **kwargs):
+        params = copy.copy(params)  # the engine keeps this object: corrupt a private copy
+        request_id = admit(prompt, params, *args, **kwargs)
+        params.min_tokens, params.stop_token_ids = 2, [10**9]
+        return request_id
+
+    monkeypatch.setattr(bundled, "add_request", add_corrupted)
+    traj = rollout(bundled, QUESTION, [CALCULATOR], {"calculator": calculator}, 4, GREEDY)
+    assert traj.infra_error and traj.finish_reason == "infra_error"
+    assert "IndexError" in traj.error
+    assert bundled.block_manager.num_used_blocks == 0
 
 
 def test_bundled_unknown_tool_is_fed_back_not_an_infra_error(bundled):

@@ -77,7 +77,11 @@ class ClientBase:
             "timeout": timeout,
             "headers": auth_headers(api_key, headers),
             "limits": httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
+                max_connections=max_connections,
+                max_keepalive_connections=max_connections,
+                # Below uvicorn's default keep-alive (5 s, vLLM and SGLang use it too): an
+                # idle connection is dropped here before the server may close it.
+                keepalive_expiry=2.0,
             ),
         }
         self._open()

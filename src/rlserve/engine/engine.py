@@ -312,8 +312,9 @@ class Engine:
         if conversations and isinstance(conversations[0], dict):
             conversations = [conversations]  # type: ignore[list-item]
         if tools:
-            from rlserve.tools import get_parser  # the tools layer sits above the engine
+            from rlserve.tools import get_parser, validate_tools  # the tools layer sits above
 
+            validate_tools(tools)  # before generating: parsing the replies needs the names
             parser = get_parser(tool_parser)
         prompts = [self.render_chat(conv, tools) for conv in conversations]
         outs = self.generate(prompts, params, lora_name)

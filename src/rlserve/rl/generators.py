@@ -95,7 +95,8 @@ class EngineGenerator:
                         _merge(samples[k], out)
                     if delta.finished:
                         del pending[delta.request_id]
-                        on_done(k, samples[k])
+                        failed = delta.error is not None  # broke inside the engine
+                        on_done(k, Sample.failed(delta.error) if failed else samples[k])
         except BaseException:
             for request_id in pending:
                 engine.abort(request_id)

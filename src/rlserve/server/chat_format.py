@@ -15,7 +15,7 @@ from rlserve.server.logprob_format import chat_logprobs, prompt_logprobs_entries
 from rlserve.server.prompt_input import tokenize_chat_text
 from rlserve.server.protocol import ChatCompletionRequest
 from rlserve.server.state import ServerState
-from rlserve.server.tool_calls import ToolCallFormat, finish_reason
+from rlserve.server.tool_calls import ToolCallFormat, check_request_tools, finish_reason
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")  # OpenAI's
 
@@ -51,26 +51,6 @@ def _text_content(message: dict[str, Any], position: int) -> dict[str, Any]:
             raise _bad_message(position, "a text content part needs a string 'text'")
         texts.append(part["text"])
     return {**message, "content": "".join(texts)}
-
-
-def check_tools(tools: list[dict[str, Any]] | None) -> None:
-    """400 unless every tool is `{"type": "function", "function": {"name": ...}}` with a
-    non-empty string name (checked at admission: parsing a reply needs the names)."""
-    for i, tool in enumerate(tools or []):
-        kind = tool.get("type", "function")
-        function = tool.get("function")
-        if kind != "function":
-            raise APIError(400, f"tools[{i}].type must be 'function', got {kind!r}", "tools")
-        if not isinstance(function, dict):
-            raise APIError(400, f"tools[{i}] needs a 'function' object", param="tools")
-        name = function.get("name")
-        if not isinstance(name, str) or not name.strip():
-            raise APIError(400, f"tools[{i}].function needs a non-empty string 'name'", "tools")
-        parameters = function.get("parameters")
-        if parameters is not None and not isinstance(parameters, dict):
-            raise APIError(
-                400, f"tools[{i}].function.parameters must be a JSON Schema object", "tools"
-            )
 
 
 def check_request_template(state: ServerState, req: ChatCompletionRequest) -> None:
@@ -113,7 +93,7 @@ async def render_prompt(state: ServerState, req: ChatCompletionRequest) -> tuple
     included), tokenised the way `Engine.render_chat` does it. Rendering and tokenising
     run in worker threads: neither a slow template nor a long text blocks the event loop."""
     check_request_template(state, req)
-    check_tools(req.tools)
+    check_request_tools(req.tools)
     messages = [_text_content(m, i) for i, m in enumerate(req.messages)]
     text = await asyncio.to_thread(_apply_template, state, req, messages)
     return text, await tokenize_chat_text(state.tokenizer, text, state.max_model_len)

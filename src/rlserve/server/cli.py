@@ -186,6 +186,9 @@ def serve(app: Any, config: ServerConfig) -> None:
         host=config.host,
         port=config.port,
         log_level=config.log_level.lower(),
+        # Longer than clients keep idle connections (httpx: 5 s), so a client never sends
+        # on a connection the server is closing at that moment.
+        timeout_keep_alive=65,
         # Only a backstop: the engine loop ends every request at the grace period.
         timeout_graceful_shutdown=int(config.shutdown_grace_s) + 10,
     )

@@ -133,6 +133,8 @@ class EngineLoop:
         group = RequestGroup(prompts, params, loop, self._request_abort, lora_name)
         group.request_id = request_id
         with self._lock:  # shutdown drains the inbox under this lock: nothing slips past it
+            if self.closing:
+                raise EngineUnavailable("the server is shutting down; retry on another replica")
             if not self.alive:
                 raise EngineUnavailable("the engine is not running (starting or stopping)")
             if group.num_sequences > self.max_queue:

@@ -169,7 +169,9 @@ def tool_format(
     parser = state.config.tool_call_parser
     if not parser or not req.tools or req.tool_choice == "none":
         return None
-    return ToolCallFormat(parser, req.tools, prompt_opens_thinking(prompt_text))
+    return ToolCallFormat(
+        parser, req.tools, prompt_opens_thinking(prompt_text), state.special_tokens
+    )
 
 
 async def create_completion(state: ServerState, request: Request) -> Response:
@@ -195,9 +197,9 @@ async def create_chat_completion(state: ServerState, request: Request) -> Respon
     params = chat_params(state, req)
     prompt_text, prompt_ids = await render_prompt(state, req)
     params = replace(params, prefix_choices=forced_calls(state, req, prompt_text))
+    tools = tool_format(state, req, prompt_text)
     group = state.loop.submit([prompt_ids], params, lora_name)
     await wait_accepted(group, PARAM_FIELDS)
-    tools = tool_format(state, req, prompt_text)
     view = ChatView(req, state, new_id("chatcmpl"), prompt_ids, tools)
     if req.stream:
 

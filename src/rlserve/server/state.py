@@ -33,9 +33,11 @@ class ServerState:
     default_adapter: str | None = None
     created: int = 0
     receive_buffer: ReceiveBuffer = field(default_factory=ReceiveBuffer)
+    special_tokens: tuple[str, ...] = ()  # the tokenizer's special-token texts
 
     def __post_init__(self) -> None:
         self.created = self.created or int(time.time())
+        self.special_tokens = tuple(getattr(self.tokenizer, "all_special_tokens", ()))
 
     def adapters(self) -> list[str]:
         """Names of the LoRA adapters the engine holds (each served as a model id)."""

@@ -27,7 +27,11 @@ def finish_reason(reason: str | None, made_calls: bool) -> str | None:
 
 def check_request_tools(tools: Any) -> None:
     """400 naming the bad entry when a request's `tools` are unusable; call it before the
-    request is submitted."""
+    request is submitted. Over HTTP each tool must be OpenAI's `{"type": "function",
+    "function": {...}}` (the tools layer also takes bare function objects)."""
+    for i, tool in enumerate(tools or []):
+        if isinstance(tool, dict) and not isinstance(tool.get("function"), dict):
+            raise APIError(400, f"tools[{i}] needs a 'function' object", param="tools")
     try:
         validate_tools(tools)
     except ValueError as exc:

@@ -73,7 +73,8 @@ def _unpack_tool(tool: Any, position: int) -> tuple[str, dict[str, Any]]:
     if not isinstance(name, str) or not name.strip():
         shown = "missing" if name is None else repr(name)[:80]
         raise ValueError(
-            f"{where}: a function without a name (need a non-empty string, got {shown})"
+            f"{where}: a function without a name (its 'name' must be a non-empty string, got "
+            f"{shown})"
         )
     params = fn.get("parameters")
     if params is not None and not isinstance(params, Mapping):
