@@ -100,23 +100,29 @@ def resolve_target(model: LlamaModel, targets: dict[str, torch.Tensor],
     raise ValueError(f"unknown weight name {name!r} for {model.config.architecture}")
 
 
-@torch.no_grad()
-def update_weights(model: LlamaModel, source: WeightSource) -> list[str]:
-    """Transactionally replace weights: every name, shape and dtype is checked before
-    anything is written, so on any error the model is unchanged. Returns the names."""
-    if isinstance(source, (str, Path)):
-        if not Path(source).exists():
-            raise ValueError(f"weights path {str(source)!r} does not exist")
-        try:
-            items = list(iter_safetensors(source))
-        except Exception as e:  # a truncated or foreign file
-            raise ValueError(f"cannot read safetensors from {str(source)!r}: {e}") from e
-    elif isinstance(source, Mapping):
-        items = list(source.items())
-    else:
-        items = list(source)
+WeightItems = list[tuple[str, torch.Tensor]]
+
+
+def read_safetensors(path: str | Path, shown: str | None = None) -> WeightItems:
+    """Every (name, tensor) of the safetensors file or folder `path`; ValueError naming it
+    as `shown` (the caller's own spelling: a server never shows its absolute paths)."""
+    shown = str(path) if shown is None else shown
+    if not Path(path).exists():
+        raise ValueError(f"weights path {shown!r} does not exist")
+    try:
+        return list(iter_safetensors(path))
+    except Exception as exc:  # a truncated, foreign or missing file
+        detail = str(exc).replace(str(path), shown) or type(exc).__name__
+        raise ValueError(f"cannot read safetensors from {shown!r}: {detail}") from exc
+
+
+def check_weights(model: LlamaModel, items: Iterable[tuple[str, object]]) -> WeightItems:
+    """The (name, tensor) pairs of `items` that `model` takes; ValueError for a value that
+    is not a tensor, an unknown name, a wrong shape or dtype, or nothing to load. Writes
+    nothing, and reads only names, shapes and dtypes (fixed while a model serves), so a
+    server may run it off the engine thread before it pauses anything."""
     targets = model.hf_weight_targets()
-    checked = []
+    checked: WeightItems = []
     for name, tensor in items:
         if not isinstance(tensor, torch.Tensor):
             raise ValueError(f"weight {name} is a {type(tensor).__name__}, not a tensor")
@@ -124,10 +130,28 @@ def update_weights(model: LlamaModel, source: WeightSource) -> list[str]:
         if target is None:
             continue
         if tensor.dtype != target.dtype:
-            raise ValueError(f"weight {name} has dtype {tensor.dtype}, the model uses "
-                             f"{target.dtype}")
+            raise ValueError(
+                f"weight {name} has dtype {tensor.dtype}, the model uses {target.dtype}"
+            )
         if tuple(tensor.shape) != tuple(target.shape):
-            raise ValueError(f"weight {name} has shape {tuple(tensor.shape)}, "
-                             f"the model expects {tuple(target.shape)}")
+            raise ValueError(
+                f"weight {name} has shape {tuple(tensor.shape)}, "
+                f"the model expects {tuple(target.shape)}"
+            )
         checked.append((name, tensor))
-    return sorted(load_weights(model, checked))
+    if not checked:
+        raise ValueError("the update holds no weights of this model")
+    return checked
+
+
+@torch.no_grad()
+def update_weights(model: LlamaModel, source: WeightSource) -> list[str]:
+    """Transactionally replace weights: every name, shape and dtype is checked before
+    anything is written, so on any error the model is unchanged. Returns the names."""
+    if isinstance(source, (str, Path)):
+        items: Iterable[tuple[str, object]] = read_safetensors(source)
+    elif isinstance(source, Mapping):
+        items = source.items()
+    else:
+        items = source
+    return sorted(load_weights(model, check_weights(model, items)))

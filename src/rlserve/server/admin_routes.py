@@ -195,7 +195,7 @@ def checked_weights(state: ServerState, items: Any) -> Any:
     model = getattr(state.loop.engine, "model", None)
     if model is None or not hasattr(model, "hf_weight_targets"):
         return items  # an engine without a local model checks for itself
-    from rlserve.models.weight_check import check_weights
+    from rlserve.models.loader import check_weights
 
     try:
         return check_weights(model, items)
@@ -205,7 +205,7 @@ def checked_weights(state: ServerState, items: Any) -> Any:
 
 def read_checked_weights(state: ServerState, path: Path, given: str) -> Any:
     """Worker thread: the safetensors at `path` read into memory and checked (400)."""
-    from rlserve.models.weight_check import read_safetensors
+    from rlserve.models.loader import read_safetensors
 
     try:
         items = read_safetensors(path, given)
