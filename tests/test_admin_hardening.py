@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import zipfile
 from pathlib import Path
 
 import httpx
@@ -15,6 +17,9 @@ from safetensors.torch import save_file
 from rlserve.server import ServerConfig, create_app
 from rlserve.server.cli import main as serve_main
 from tests.conftest_server import RunningServer, wait_until
+
+JSON_LIMIT = 2**20  # the hardening server's --max-request-bytes
+VALID_CONFIG = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +123,10 @@ def weights(tmp_path_factory: pytest.TempPathFactory, engine) -> Path:
 
 @pytest.fixture(scope="module")
 def server(engine, weights: Path):
-    srv = RunningServer(engine, ServerConfig(weights_dir=str(weights), max_upload_bytes=2**20))
+    config = ServerConfig(
+        weights_dir=str(weights), max_upload_bytes=2**20, max_request_bytes=JSON_LIMIT
+    )
+    srv = RunningServer(engine, config)
     yield srv
     srv.close()
 
@@ -223,3 +231,130 @@ def test_malformed_uploads_are_400s(server, weights: Path) -> None:
     _assert_400(resp, weights, "non-UTF-8 field")
     assert wait_until(lambda: httpx.get(url + "/health").status_code == 200, 5)
     assert server.engine.adapters == {}
+
+
+def test_admin_json_bodies_are_strict_and_limited(server) -> None:
+    """The admin routes parse JSON as the inference routes do: no NaN/Infinity, no lone
+    surrogates, and a 413 past --max-request-bytes."""
+    url, json_type = server.url, {"content-type": "application/json"}
+    for route, raw in (
+        ("/resume", b'{"ignored": NaN}'),
+        ("/resume", b'{"ignored": -Infinity}'),
+        ("/abort", b'{"request_id": "\\ud800"}'),
+    ):
+        resp = httpx.post(url + route, content=raw, headers=json_type)
+        assert resp.status_code == 400 and "malformed JSON" in resp.text, (route, raw)
+    big = b'{"x": "' + b"y" * JSON_LIMIT + b'"}'
+    for route in ("/pause", "/resume", "/abort", "/load_adapter", "/unload_adapter"):
+        resp = httpx.post(url + route, content=big, headers=json_type)
+        assert resp.status_code == 413, route
+        assert resp.json()["error"]["code"] == "request_too_large", route
+    resp = httpx.post(url + "/update_weights", content=big, headers=json_type)
+    assert resp.status_code == 413
+    assert server.engine.paused is None and server.engine.policy_version == 0
+
+
+def _valid_adapter(folder: Path, engine) -> Path:
+    folder.mkdir(exist_ok=True)
+    (folder / "adapter_config.json").write_text(json.dumps(VALID_CONFIG))
+    save_file(_lora_tensors(engine), str(folder / "adapter_model.safetensors"))
+    return folder
+
+
+def _unload_all(url: str, engine) -> None:
+    for name in list(engine.adapters):
+        assert httpx.post(url + "/unload_adapter", json={"adapter_name": name}).is_success
+
+
+def test_unusable_folder_names_fall_back_alike(server, weights: Path, tmp_path: Path) -> None:
+    """An unnamed adapter whose folder (or zip) is named like the base model is installed
+    as "adapter", by a load and an upload alike; with a default adapter the folder name
+    is not even needed."""
+    url, state = server.url, server.app.state.rlserve
+    _valid_adapter(weights / state.model_name, server.engine)
+    archive = tmp_path / f"{state.model_name}.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            zf.write(weights / state.model_name / name, name)
+    try:
+        first = httpx.post(url + "/load_adapter", json={"adapter_path": state.model_name})
+        assert first.status_code == 200, first.text
+        assert first.json()["adapter_name"] == "adapter" and first.json()["default"] is True
+        again = httpx.post(url + "/load_adapter", json={"adapter_path": state.model_name})
+        assert again.status_code == 200, again.text  # replaces the default in place
+        assert again.json()["adapter_name"] == "adapter"
+        _unload_all(url, server.engine)
+        files = {"file": (archive.name, archive.read_bytes())}
+        uploaded = httpx.post(url + "/upload_adapter", files=files)
+        assert uploaded.status_code == 200, uploaded.text
+        assert uploaded.json()["adapter_name"] == "adapter"
+    finally:
+        _unload_all(url, server.engine)
+
+
+def test_concurrent_unnamed_loads_install_one_default(server, weights, monkeypatch) -> None:
+    """Two unnamed loads with no default adapter: the first becomes the default, the
+    second replaces it in place (never two defaults racing). Fault injection: the first
+    engine call waits until the second request has started, so the two always overlap."""
+    from rlserve.server import admin_routes
+
+    url, state = server.url, server.app.state.rlserve
+    for name in ("race-a", "race-b"):
+        _valid_adapter(weights / name, server.engine)
+    second_started = asyncio.Event()
+    checked = []
+
+    def counting_check(folder: Path, origin: str) -> None:
+        checked.append(origin)
+        if len(checked) == 2:
+            second_started.set()
+        real_check(folder, origin)
+
+    async def gated_call(fn, check=None):
+        if not second_started.is_set():
+            await asyncio.wait_for(second_started.wait(), 30)
+        return await real_call(fn, check=check)
+
+    real_check, real_call = admin_routes.check_adapter_config, state.loop.call
+    monkeypatch.setattr(admin_routes, "check_adapter_config", counting_check)
+    monkeypatch.setattr(state.loop, "call", gated_call)
+    replies: dict[str, httpx.Response] = {}
+
+    def load(name: str) -> None:
+        replies[name] = httpx.post(url + "/load_adapter", json={"adapter_path": name}, timeout=60)
+
+    threads = [threading.Thread(target=load, args=(name,)) for name in ("race-a", "race-b")]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert all(r.status_code == 200 for r in replies.values()), replies
+        names = {r.json()["adapter_name"] for r in replies.values()}
+        assert len(names) == 1 and set(server.engine.adapters) == names
+        assert state.default_adapter in names
+    finally:
+        monkeypatch.undo()
+        _unload_all(url, server.engine)
+
+
+def test_admin_replies_show_the_published_state(engine) -> None:
+    """/policy_version reports what /health does: the state the engine thread published,
+    never the engine's attributes read from the event loop. Fault injection: the engine
+    (its thread not started here) is paused behind the loop's back."""
+    app = create_app(engine, ServerConfig())
+    engine.pause("keep")
+    try:
+        reply = _status_from(app, "127.0.0.1").json()
+        health = _status_from(app, "127.0.0.1", "/health").json()
+    finally:
+        engine.resume()
+    assert reply["paused"] is None
+    assert reply["policy_version"] == health["policy_version"]
+
+
+def test_long_model_names_are_cut_in_errors(server) -> None:
+    body = {"model": "m" * 10_000, "prompt": "hi", "max_tokens": 1}
+    resp = httpx.post(server.url + "/v1/completions", json=body)
+    assert resp.status_code == 404
+    assert len(resp.json()["error"]["message"]) < 500

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +25,7 @@ from rlserve.client import (
 from rlserve.client.payloads import PreparedCall
 from tests.conftest_server import FakeHTTPServer, Recorded
 
+ASSETS = str(Path(rlserve.__file__).parent / "assets")  # the bundled model's tokenizer
 COMPLETION = {
     "id": "cmpl-1",
     "object": "text_completion",
@@ -163,10 +165,11 @@ def test_error_json_is_parsed(fake: FakeHTTPServer) -> None:
 
 
 def test_import_does_not_pull_torch_or_rest_of_rlserve() -> None:
-    code = (
+    code = (  # rlserve.chat_messages: plain-Python rules shared with the server
         "import sys, json, rlserve.client; "
         "mods = [m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'transformers'))"
-        " or (m.startswith('rlserve.') and not m.startswith('rlserve.client'))]; "
+        " or (m.startswith('rlserve.') and not m.startswith('rlserve.client')"
+        " and m != 'rlserve.chat_messages')]; "
         "print(json.dumps(mods))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -214,12 +217,11 @@ def _no_prompt_ids(req: Recorded, n: int):
 def test_text_prompts_are_tokenised_by_the_client_when_the_server_returns_no_ids() -> None:
     from rlserve.client import hf_tokenizer
 
-    assets = str(Path(rlserve.__file__).parent / "assets")
-    tok = hf_tokenizer(assets)
+    tok = hf_tokenizer(ASSETS)
     server = FakeHTTPServer(_no_prompt_ids)
     messages = [{"role": "user", "content": "What is 2 + 3?"}]
     try:
-        with Client(server.url, model="m", tokenizer=assets) as client:
+        with Client(server.url, model="m", tokenizer=ASSETS) as client:
             one = client.completion("What is 2 + 3?")[TRAIN_KEY]
             two = client.completion(["a b", "c"])[TRAIN_KEY]
             chat = client.generate(messages)[TRAIN_KEY]
@@ -239,3 +241,125 @@ def test_text_prompts_are_tokenised_by_the_client_when_the_server_returns_no_ids
     expected = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
     expected = expected if isinstance(expected, list) else expected["input_ids"]
     assert chat["prompt_tokens"] == list(expected) and chat["response_tokens"] == [9]
+
+
+class SpyTokenizer:
+    """A spy around a real tokenizer: records the thread each encode/render runs on."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+        self.threads: list[int] = []
+
+    def encode(self, *args: Any, **kwargs: Any) -> Any:
+        self.threads.append(threading.get_ident())
+        return self._tokenizer.encode(*args, **kwargs)
+
+    def apply_chat_template(self, *args: Any, **kwargs: Any) -> Any:
+        self.threads.append(threading.get_ident())
+        return self._tokenizer.apply_chat_template(*args, **kwargs)
+
+
+def test_async_client_tokenises_off_the_event_loop() -> None:
+    from rlserve.client import hf_tokenizer
+
+    spy = SpyTokenizer(hf_tokenizer(ASSETS))
+    server = FakeHTTPServer(_no_prompt_ids)
+
+    async def go() -> tuple[int, dict, dict]:
+        async with AsyncClient(server.url, model="m", tokenizer=spy) as aclient:
+            completion = (await aclient.completion("What is 2 + 3?"))[TRAIN_KEY]
+            chat = (await aclient.generate([{"role": "user", "content": "hi"}]))[TRAIN_KEY]
+        return threading.get_ident(), completion, chat
+
+    try:
+        loop_thread, completion, chat = asyncio.run(go())
+    finally:
+        server.close()
+    assert completion["prompt_tokens"] and chat["prompt_tokens"]
+    assert len(spy.threads) == 2 and loop_thread not in spy.threads
+
+
+def test_async_client_loads_a_named_tokenizer_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Worker threads tokenise concurrently: the first use loads the tokenizer once."""
+    from rlserve.client import base, hf_tokenizer
+
+    loads: list[str] = []
+
+    def slow_load(name: str) -> Any:
+        loads.append(name)
+        time.sleep(0.2)  # fault injection: widen the window in which loads could overlap
+        return hf_tokenizer(name)
+
+    monkeypatch.setattr(base, "hf_tokenizer", slow_load)
+    server = FakeHTTPServer(_no_prompt_ids)
+
+    async def go() -> list[dict]:
+        async with AsyncClient(server.url, model="m", tokenizer=ASSETS) as aclient:
+            replies = await asyncio.gather(*(aclient.completion("c") for _ in range(6)))
+        return [r[TRAIN_KEY] for r in replies]
+
+    try:
+        trains = asyncio.run(go())
+    finally:
+        server.close()
+    assert loads == [ASSETS]
+    assert all(t["prompt_tokens"] == trains[0]["prompt_tokens"] for t in trains)
+
+
+# A template that renders content as given: a list of parts would show as a Python list.
+PLAIN_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if enable_thinking is defined %}<think>{% endif %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+PARTS = [{"type": "text", "text": "What is "}, {"type": "text", "text": "2 + 3?"}]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"add_generation_prompt": False},
+        {"continue_final_message": True},
+        {"chat_template_kwargs": {"enable_thinking": False}},
+        {"chat_template": "{% for m in messages %}[{{ m['content'] }}]{% endfor %}"},
+    ],
+)
+def test_client_chat_prompt_ids_match_the_server(extra: dict[str, Any]) -> None:
+    """The client's fallback renders a chat as rlserve's server does: text parts joined
+    into one string, the same template options."""
+    from types import SimpleNamespace
+
+    from rlserve.client import hf_tokenizer
+    from rlserve.server.chat_format import render_prompt
+    from rlserve.server.protocol import ChatCompletionRequest
+
+    tokenizer = hf_tokenizer(ASSETS)
+    tokenizer.chat_template = PLAIN_TEMPLATE
+    messages = [{"role": "user", "content": PARTS}, {"role": "assistant", "content": PARTS}]
+    state = SimpleNamespace(
+        tokenizer=tokenizer,
+        max_model_len=4096,
+        config=SimpleNamespace(trust_request_chat_template=True),
+    )
+    request = ChatCompletionRequest(model="m", messages=messages, **extra)
+    _, server_ids = asyncio.run(render_prompt(state, request))  # type: ignore[arg-type]
+    server = FakeHTTPServer(_no_prompt_ids)
+    try:
+        with Client(server.url, model="m", tokenizer=tokenizer) as client:
+            train = client.generate(messages, **extra)[TRAIN_KEY]
+    finally:
+        server.close()
+    assert train["prompt_tokens"] == server_ids
+    assert "What is 2 + 3?" in tokenizer.decode(server_ids)  # the parts, joined
+
+
+def test_client_leaves_prompt_ids_of_non_text_parts_unset() -> None:
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    server = FakeHTTPServer(_no_prompt_ids)
+    try:
+        with Client(server.url, model="m", tokenizer=ASSETS) as client:
+            reply = client.generate([{"role": "user", "content": [image]}])
+    finally:
+        server.close()
+    assert reply[TRAIN_KEY]["prompt_tokens"] is None and reply[TRAIN_KEY]["response_tokens"]

@@ -47,9 +47,17 @@ def test_completion_uses_return_token_ids_fields() -> None:
 
 
 def test_completion_falls_back_to_token_id_strings_and_given_prompt() -> None:
-    train = completion_training_data(_vllm_completion(), prompt_tokens=[7, 8])
+    train = completion_training_data(_vllm_completion(), per_prompt=[[7, 8]])
     assert train["prompt_tokens"] == [7, 8]
     assert train["response_tokens"] == [220, 19]
+
+
+def test_completion_fallback_per_prompt_follows_vllm_choice_indices() -> None:
+    choices = [dict(_vllm_completion()["choices"][0], index=i) for i in range(4)]
+    train = completion_training_data({"choices": choices}, per_prompt=[[1], [2]], n=2)
+    assert [s["prompt_tokens"] for s in train["samples"]] == [[1], [1], [2], [2]]
+    only_first = completion_training_data({"choices": choices}, per_prompt=[[1]], n=2)
+    assert [s["prompt_tokens"] for s in only_first["samples"]] == [[1], [1], None, None]
 
 
 def test_completion_with_echo_drops_prompt_part() -> None:
@@ -57,7 +65,7 @@ def test_completion_with_echo_drops_prompt_part() -> None:
     lp = resp["choices"][0]["logprobs"]
     lp["tokens"] = ["token_id:7", "token_id:8", *lp["tokens"]]
     lp["token_logprobs"] = [None, -3.0, *lp["token_logprobs"]]
-    train = completion_training_data(resp, prompt_tokens=[7, 8], echo=True)
+    train = completion_training_data(resp, echo=True, per_prompt=[[7, 8]])
     assert train["response_tokens"] == [220, 19]
     assert train["response_logprobs"] == [-0.5, -0.25]
     with_ids = _vllm_completion(prompt_token_ids=[7, 8], token_ids=[220, 19])

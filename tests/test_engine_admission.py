@@ -11,6 +11,7 @@ import pytest
 
 from rlserve import SamplingParams
 from rlserve.engine.block_manager import BlockManager
+from rlserve.engine.prefix_constraint import TokenTexts
 
 GOOD_PROMPTS = [[5, 6, 7, 8], [12, 13, 14, 15, 16, 17]]
 GOOD = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
@@ -50,13 +51,36 @@ def expected(engine) -> list[list[int]]:
     [
         (SamplingParams(stop_token_ids=[10**9], min_tokens=2, max_tokens=4), "stop_token_ids"),
         (SamplingParams(stop_token_ids=[10**9]), "stop_token_ids.*vocabulary"),
-        (SamplingParams(prefix_choices=["\u2603"], max_tokens=4), "prefix_choices"),
+        (SamplingParams(n=300, max_tokens=4), r"^n \(300\) exceeds the 256 sequences"),
     ],
 )
 def test_params_that_cannot_run_on_this_model_are_refused(engine, params, needle):
     with pytest.raises(ValueError, match=needle):
         engine.add_request([1, 2, 3], params)
     assert not engine.has_unfinished_requests()
+
+
+def test_n_above_max_num_seqs_is_refused_instead_of_waiting_forever(checkpoints, make_engine):
+    small = make_engine(checkpoints["qwen3"], num_blocks=64, block_size=4, max_num_seqs=4)
+    with pytest.raises(ValueError, match=r"^n \(5\) exceeds the 4 sequences.*max_num_seqs"):
+        small.generate([1, 2, 3], SamplingParams(n=5, max_tokens=2))
+    assert len(small.generate([1, 2, 3], SamplingParams(n=4, max_tokens=2))[0].outputs) == 4
+
+
+@pytest.mark.parametrize("choice", ['{"city": "\u6771\u4eac"}', "\U0001f600 ok", "caf\u00e9"])
+def test_prefix_choices_outside_ascii_are_admitted_and_forced(bundled, choice):
+    # One-byte tokens of a multi-byte character decode alone to "\ufffd": matching is on bytes.
+    params = SamplingParams(temperature=1.0, seed=1, max_tokens=12, prefix_choices=[choice])
+    out = bundled.generate("hello", params)[0].outputs[0]
+    assert out.text.startswith(choice), out.text
+
+
+def test_prefix_choices_no_token_can_spell_are_refused(bundled):
+    # Below id 100 the bundled vocabulary has no byte of the snowman's UTF-8 (e2 98 83).
+    texts = TokenTexts(bundled.tokenizer, vocab_size=100)
+    assert texts.dead_end(["\u2603"]) == ""
+    assert texts.dead_end(["ab"]) is None
+    assert TokenTexts(bundled.tokenizer).dead_end(["\u2603"]) is None
 
 
 def test_min_tokens_banning_the_whole_vocabulary_is_refused(engine):
@@ -127,12 +151,27 @@ def test_request_failing_in_the_forward_pass_fails_alone(engine, expected):
     assert engine.block_manager.num_used_blocks == 0
 
 
-def test_generate_raises_when_a_request_fails_inside(engine):
-    params = SamplingParams(min_tokens=2, max_tokens=4)
-    rid = engine.add_request([1, 2, 3], params)
-    engine._requests[rid].params.stop_token_ids = [10**9]
-    with pytest.raises(RuntimeError, match="failed inside the engine"):
-        engine._run_to_completion([rid])
+def test_generate_returns_a_failed_request_with_its_error_and_the_others_whole(
+    engine, expected
+):
+    ids = [engine.add_request(p, GOOD) for p in GOOD_PROMPTS]
+    bad = engine.add_request([1, 2, 3], SamplingParams(n=2, min_tokens=2, max_tokens=4))
+    engine._requests[bad].params.stop_token_ids = [10**9]  # slipped past admission
+    outs = engine._run_to_completion([*ids, bad])  # what generate() returns
+    assert [o.outputs[0].token_ids for o in outs[:2]] == expected
+    assert all(o.error is None for o in outs[:2])
+    assert "IndexError" in outs[2].error
+    assert [c.finish_reason for c in outs[2].outputs] == ["abort", "abort"]
+
+
+def test_score_raises_when_a_request_fails_inside(engine):
+    rid = engine.add_request([1, 2, 3], SamplingParams(max_tokens=1))
+    engine._requests[rid].seqs[0].token_ids[1] = 10**9
+    engine._requests[rid].seqs[0].score_only = True
+    from rlserve.engine.engine import _raise_failures
+
+    with pytest.raises(RuntimeError, match="1 of 1 request.*failed inside the engine"):
+        _raise_failures(engine._run_to_completion([rid]))
 
 
 # ---- Engine.score takes token ids only ---------------------------------------------------

@@ -170,3 +170,31 @@ def test_each_sample_finish_is_reported_once(engine):
                 finishes[c.index] += c.finish_reason is not None
     assert finishes == {0: 1, 1: 1}
     assert tokens[1] == 8  # its first token came with the first step
+
+
+def test_waiting_sequences_count_the_forks_to_come(engine):
+    engine.pause("keep")  # nothing is admitted: both stay waiting
+    ids = [engine.add_request(PROMPTS[0], SamplingParams(n=3, max_tokens=2)),
+           engine.add_request(PROMPTS[1], SamplingParams(max_tokens=2))]
+    stats = engine.stats()
+    assert (stats["num_waiting"], stats["num_waiting_sequences"]) == (2, 4)
+    engine.resume()
+    for request_id in ids:
+        engine.abort(request_id)
+    engine.step()
+
+
+def test_a_waiting_prompt_is_hashed_once_not_at_every_step(monkeypatch):
+    from rlserve.engine import block_manager as bm
+    from rlserve.engine.sequence import Sequence
+
+    calls = []
+    real = bm._hash_block
+    monkeypatch.setattr(bm, "_hash_block", lambda *args: calls.append(1) or real(*args))
+    manager = bm.BlockManager(num_blocks=64, block_size=4, enable_prefix_caching=True)
+    seq = Sequence(1, "r", 0, list(range(1, 42)), SamplingParams(), seed=0, arrival=0)
+    for _ in range(5):  # what the scheduler asks each step while the head cannot start
+        manager.match_prefix(seq, (0, None, None))
+    assert len(calls) == 10  # its 10 full blocks before the last token, once
+    manager.match_prefix(seq, (1, None, None))  # new weights: hashed again under them
+    assert len(calls) == 20

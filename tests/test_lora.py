@@ -140,3 +140,41 @@ def test_new_policy_bumps_the_version_on_a_first_load(engine, adapters):
     assert engine.policy_version == version + 1
     engine.unload_lora("fresh")
     engine.unload_lora("policy")
+
+
+def test_a_new_adapter_under_an_unloaded_name_never_reuses_the_old_ones_kv(
+    engine, checkpoints, make_engine, adapters
+):
+    prompt = list(range(5, 45))  # 10 full blocks of 4: cached under the first adapter
+    params = SamplingParams(temperature=0, max_tokens=4, logprobs=0, ignore_eos=True)
+    engine.load_lora("same", adapters["a"])
+    engine.generate(prompt, params, lora_name="same")
+    engine.unload_lora("same")
+    engine.load_lora("same", adapters["c"])  # a first load again: no version bump
+    reloaded = engine.generate(prompt, params, lora_name="same")[0]
+    engine.unload_lora("same")
+    fresh = make_engine(checkpoints["qwen3"], num_blocks=256, block_size=4)
+    fresh.load_lora("same", adapters["c"])
+    expected = fresh.generate(prompt, params, lora_name="same")[0].outputs[0]
+    assert reloaded.num_cached_tokens == 0
+    assert reloaded.outputs[0].token_ids == expected.token_ids
+    assert reloaded.outputs[0].logprobs == pytest.approx(expected.logprobs, abs=1e-5)
+
+
+def test_adapter_config_is_checked_before_the_weights_are_read(engine, tmp_path):
+    bad = tmp_path / "bad_config"
+    bad.mkdir()
+    (bad / "adapter_config.json").write_text(json.dumps({"r": 0, "lora_alpha": 8}))
+    (bad / "adapter_model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ValueError, match="r must be a positive integer"):
+        engine.load_lora("x", bad)
+
+
+def test_a_missing_lora_alpha_is_peft_s_default():
+    from rlserve.models.lora import check_adapter_config
+
+    default = LoraConfig().lora_alpha  # what PEFT loads when the config does not say
+    assert check_adapter_config("a", {"r": 4}) == (4, default / 4)
+    assert check_adapter_config("a", {"r": 4, "lora_alpha": 16, "use_rslora": True}) == (4, 8.0)
+    with pytest.raises(ValueError, match="DoRA"):
+        check_adapter_config("a", {"r": 4, "use_dora": True})

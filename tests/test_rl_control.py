@@ -182,3 +182,13 @@ def test_update_from_transformers_checkpoint_dtype_mismatch_is_named(checkpoints
     bf16 = {k: v.to(torch.bfloat16) for k, v in load_hf(checkpoints["qwen2"]).state_dict().items()}
     with pytest.raises(ValueError, match="dtype torch.bfloat16"):
         engine.update_weights(bf16)
+
+
+def test_check_version_says_what_an_update_would_set_and_changes_nothing(engine):
+    now = engine.policy_version
+    assert engine.check_version(None) == now + 1
+    assert engine.check_version(now + 5) == now + 5
+    for bad in (now, True, "7", 1.5):
+        with pytest.raises(ValueError, match="version must be an integer > the current"):
+            engine.check_version(bad)
+    assert engine.policy_version == now

@@ -54,3 +54,12 @@ def test_misaligned_offsets_are_copied_not_refused():
 def test_malformed_bodies_raise_value_error(data, message):
     with pytest.raises(ValueError, match=message):
         parse_safetensors(_buffer(data))
+
+
+def test_error_messages_cut_what_the_body_sent():
+    name, shape = "n" * 10_000, [1] * 10_000
+    for entry in ({"dtype": "Q99", "shape": [1], "data_offsets": [0, 4]},
+                  {"dtype": "F32", "shape": shape, "data_offsets": [0, 8]}):
+        with pytest.raises(ValueError) as info:
+            parse_safetensors(_buffer(_raw({name: entry}, b"\0" * 4)))
+        assert len(str(info.value)) < 400

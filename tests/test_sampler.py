@@ -1,6 +1,5 @@
 """The sampler draws from the right distribution, truncated as asked."""
 
-import pytest
 import torch
 
 from rlserve.engine.sampler import SamplingRow, noise_seed, sample
@@ -56,13 +55,16 @@ def test_same_seed_same_token_whatever_the_batch():
     assert sample(batch, others + [row]).token_ids[-1] == alone
 
 
-def test_rows_with_nothing_to_sample_are_refused_not_sampled_out_of_range():
+def test_rows_with_nothing_to_sample_are_reported_and_the_others_sampled():
     everything = list(range(len(LOGITS)))
     for temperature in (0.0, 1.0):
-        with pytest.raises(ValueError, match=r"row\(s\) \[1\].*every token is excluded"):
-            sample(LOGITS.expand(2, -1).contiguous(),
-                   [_row(0, temperature=temperature), _row(1, temperature=temperature,
-                                                            banned_token_ids=everything)])
-    nan = torch.full((1, len(LOGITS)), float("nan"))
-    with pytest.raises(ValueError, match="NaN"):
-        sample(nan, [_row(0)])
+        rows = [_row(0, temperature=temperature),
+                _row(1, temperature=temperature, banned_token_ids=everything)]
+        out = sample(LOGITS.expand(2, -1).contiguous(), rows)
+        assert out.errors[0] is None and "every token is excluded" in out.errors[1]
+        assert out.token_ids[0] == sample(LOGITS[None], rows[:1]).token_ids[0]
+    broken = LOGITS.expand(3, -1).clone()
+    broken[1, 2], broken[2, 4] = float("nan"), float("inf")
+    out = sample(broken, [_row(0), _row(1), _row(2)])
+    assert out.errors[0] is None and all("NaN or infinite" in e for e in out.errors[1:])
+    assert 0 <= out.token_ids[0] < len(LOGITS)

@@ -125,24 +125,37 @@ def workdir_root() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-WAIT_TO_BE_KILLED = "open('ready', 'w').close()\nimport time\ntime.sleep(60)\n"
+# Waits to be killed, unless a kill already happened (the flag file is in the parent of
+# its work dir): the sandbox reruns a run killed from outside once, and that rerun ends.
+KILLED_FLAG = "killed-once"
+WAIT_TO_BE_KILLED = (
+    "import os, time\n"
+    f"if os.path.exists('../{KILLED_FLAG}'):\n"
+    "    print('rerun')\n"
+    "else:\n"
+    "    open('ready', 'w').close()\n"
+    "    time.sleep(60)\n"
+)
 
 
 def kill_runs_under(root: Path, timeout_s: float = 30.0) -> list[int]:
-    """Once a run under ``root`` is ready, SIGKILL every process working in a dir under
-    ``root`` (the interpreter and any wrapper), as another program or the OOM killer would."""
+    """Once a run under ``root`` is ready, SIGKILL every process working in its dir (the
+    interpreter and any wrapper), as another program or the OOM killer would. The flag that
+    lets a rerun end is left first, and a rerun works in a new dir, so it is not killed."""
     deadline = time.monotonic() + timeout_s
-    while not list(root.glob("*/ready")):
+    while not (ready := list(root.glob("*/ready"))):
         if time.monotonic() > deadline:
             return []
         time.sleep(0.01)
+    (root / KILLED_FLAG).touch()
+    dirs = {str(path.parent) for path in ready}
     killed = []
     for entry in os.scandir("/proc"):
         try:
             cwd = os.readlink(os.path.join(entry.path, "cwd"))
         except OSError:
             continue
-        if entry.name.isdigit() and cwd.startswith(f"{root}/"):
+        if entry.name.isdigit() and cwd in dirs:
             try:
                 os.kill(int(entry.name), 9)
                 killed.append(int(entry.name))
@@ -159,6 +172,7 @@ def run_killed_from_outside(sb: Sandbox, root: Path, session_id: str | None = No
         result = sb.run(WAIT_TO_BE_KILLED, timeout=30, session_id=session_id)
     finally:
         killer.join()
+        (root / KILLED_FLAG).unlink(missing_ok=True)
     assert killed, "the run never became ready"
     return result
 
@@ -170,12 +184,28 @@ def test_a_run_killed_from_outside_is_a_sandbox_error(workdir_root: Path) -> Non
         assert result.status == "sandbox_error", result
         assert "killed by SIGKILL from outside the sandbox" in result.stderr
         assert result.duration_s < 30  # not the timeout
+        # A session cannot be rerun to tell an outside kill from code killing itself.
         session = run_killed_from_outside(sb, workdir_root, session_id="s")
-        assert (session.status, session.state_lost) == ("sandbox_error", True), session
+        assert (session.status, session.state_lost) == ("error", True), session
+        assert "a session cannot be rerun" in session.stderr
         # Killing itself in other ways, or failing, stays the code's own error.
         assert sb.run("import os\nos.abort()", timeout=10).status == "error"
         after = sb.run("print('fine')", timeout=10, session_id="s")
         assert (after.status, after.stdout, after.state_lost) == ("completed", "fine\n", True)
+
+
+SELF_KILL = "import os\nprint('bye', flush=True)\nos.kill(os.getpid(), 9)\n"
+
+
+def test_code_that_sigkills_itself_gets_error_not_sandbox_error() -> None:
+    """Else a policy could learn to SIGKILL itself to turn a failure into an infrastructure
+    error, which RL usually masks out of the loss."""
+    with Sandbox(SandboxConfig(max_concurrency=1, max_sessions=1)) as sb:
+        result = sb.run(SELF_KILL, timeout=10)
+        assert (result.status, result.exit_code, result.stdout) == ("error", -9, "bye\n"), result
+        assert "a rerun died the same way" in result.stderr
+        session = sb.run(SELF_KILL, timeout=10, session_id="s")
+        assert (session.status, session.state_lost) == ("error", True), session
 
 
 # --- the uid lease -----------------------------------------------------------------------
@@ -231,6 +261,33 @@ def test_an_exhausted_pool_and_an_unsafe_lock_dir_are_clear_errors(tmp_path: Pat
         Sandbox(SandboxConfig(uid_lock_dir=str(open_dir)))
 
 
+def test_a_lock_file_that_cannot_be_opened_is_a_clear_error(tmp_path: Path) -> None:
+    from rlserve.sandbox import UidsUnavailable
+    from rlserve.sandbox.uids import lease_uids
+
+    locks = tmp_path / "locks"
+    locks.mkdir(mode=0o700)
+    free = next(uid for uid in range(POOL_BASE, POOL_BASE + 100) if not has_account(uid))
+    (locks / f"{free}.lock").symlink_to(tmp_path / "elsewhere")  # O_NOFOLLOW refuses it
+    with pytest.raises(UidsUnavailable, match=f"cannot open the sandbox uid lock file .*{free}"):
+        lease_uids(1, free, 1, str(locks))
+
+
+def test_an_exhausted_pool_counts_uids_with_accounts_apart(tmp_path: Path) -> None:
+    from rlserve.sandbox import UidsUnavailable
+    from rlserve.sandbox.uids import lease_uids
+
+    # Uid 0 is root everywhere: skipped, not "held by live sandboxes".
+    with pytest.raises(UidsUnavailable, match=r"\(0 held by live sandboxes, 1 skipped for having"):
+        lease_uids(1, 0, 1, str(tmp_path / "locks"))
+
+
+def has_account(uid: int) -> bool:
+    from rlserve.sandbox.uids import _has_account
+
+    return _has_account(uid)
+
+
 def test_uid_pool_config_is_validated() -> None:
     with pytest.raises(ValueError, match="uid_pool_size"):
         SandboxConfig(max_concurrency=4, max_sessions=2, uid_pool_size=5)
@@ -253,3 +310,50 @@ def test_a_forked_child_cannot_use_its_parents_sandbox() -> None:
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 7
         assert sb.run("print(1)", timeout=5).stdout == "1\n"
+
+
+# Runs in a fresh interpreter: forks twice while a session is alive. The first child tries
+# to use the sandbox and closes it; the second just exits normally, so atexit runs the
+# sandbox's finalizer in the child. Neither may stop the parent's session.
+FORKED_CHILD_CLOSES = r"""
+import asyncio, os, sys
+from rlserve.sandbox import Sandbox, SandboxConfig
+
+sb = Sandbox(SandboxConfig(max_concurrency=1, max_sessions=1))
+assert sb.run("x = 41", timeout=10, session_id="s").status == "completed"
+
+def refused(call):
+    try:
+        call()
+    except RuntimeError:
+        return True
+    return False
+
+def use_and_close():
+    if not refused(lambda: asyncio.run(sb.arun("print(1)", timeout=5))):
+        os._exit(3)
+    if not refused(lambda: sb.close_session("s")):
+        os._exit(4)
+    sb.close()
+    os._exit(0)
+
+for closes in (True, False):
+    pid = os.fork()
+    if pid == 0:
+        if closes:
+            use_and_close()
+        sys.exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, os.waitstatus_to_exitcode(status)
+after = sb.run("print(x + 1)", timeout=10, session_id="s")
+print(after.status, after.stdout.strip(), after.state_lost)
+sb.close()
+"""
+
+
+def test_a_forked_child_closing_the_sandbox_leaves_the_parents_session_alone() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", FORKED_CHILD_CLOSES], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["completed", "42", "False"]

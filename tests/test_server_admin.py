@@ -130,6 +130,8 @@ def test_size_limits_and_corrupt_body(server, client, dirs) -> None:
     big = httpx.post(server.url + "/update_weights", content=b"\0" * (9 * 2**20),
                      headers=headers)
     assert big.status_code == 413
+    assert big.json()["error"]["code"] == "request_too_large"  # the inference routes' 413
+    assert "--max-update-bytes" in big.json()["error"]["message"]
     body = (dirs["B"] / "model.safetensors").read_bytes()
     cut = httpx.post(server.url + "/update_weights", content=body[: len(body) // 2],
                      headers=headers)
@@ -144,6 +146,11 @@ def test_size_limits_and_corrupt_body(server, client, dirs) -> None:
     huge.mkdir(exist_ok=True)
     (huge / "adapter_model.safetensors").write_bytes(os.urandom(2**20 + 10))
     assert status_of(client.upload_adapter, huge, "huge") == 413
+    too_big = httpx.post(server.url + "/upload_adapter", content=b"\0" * (2**20 + 1),
+                         headers={"Authorization": f"Bearer {ADMIN}",
+                                  "content-type": "multipart/form-data; boundary=x"})
+    error = too_big.json()["error"]
+    assert error["code"] == "request_too_large" and "--max-upload-bytes" in error["message"]
     assert client.policy_version() == version
     assert greedy(client, PROMPTS[0])[0]
 
@@ -168,6 +175,30 @@ def test_adapters_load_upload_unload(server, client, dirs) -> None:
     for name in ("lora-path", "lora-files", "lora-zip"):
         client.unload_adapter(name)
     assert status_of(greedy, client, PROMPTS[0], "lora-zip") == 404
+
+
+def test_unloading_an_adapter_in_use_is_a_conflict(server, client) -> None:
+    """409 (not 400: nothing is wrong with the request) while a request runs on the
+    adapter; once it finished, the unload succeeds and says so."""
+    client.load_adapter("lora", "busy")
+    client.pause("keep")
+    try:
+        thread, box = _in_thread(
+            client.generate_rl, input_ids=PROMPTS[0], max_tokens=4, model="busy"
+        )
+        assert wait_until(lambda: server.engine.has_unfinished_requests(), 10)
+        with pytest.raises(APIStatusError) as info:
+            client.unload_adapter("busy")
+        assert info.value.status_code == 409
+        assert "in use" in str(info.value)
+    finally:
+        client.resume()
+        thread.join(30)
+    assert box["result"]["finish_reason"] == "length"
+    unloaded = client.unload_adapter("busy")
+    assert unloaded["status"] == "success" and "busy" in unloaded["message"]
+    assert unloaded["adapter_name"] == "busy" and "policy_version" in unloaded
+    assert wait_until(server.idle, 10)
 
 
 def _in_thread(fn, *args, **kwargs) -> tuple[threading.Thread, dict]:

@@ -9,7 +9,13 @@ import pytest
 
 from rlserve.outputs import CompletionOutput, RequestOutput
 from rlserve.sampling_params import SamplingParams
-from rlserve.server.engine_loop import EngineFailure, EngineLoop, EngineUnavailable, Overloaded
+from rlserve.server.engine_loop import (
+    EngineFailure,
+    EngineLoop,
+    EngineUnavailable,
+    Overloaded,
+    TooManySequences,
+)
 
 
 class FakeEngine:
@@ -22,6 +28,7 @@ class FakeEngine:
         self.batches: list[list[str]] = []
         self.fail_on_step = fail_on_step
         self.step_s = step_s
+        self.paused: str | None = None  # never paused: the control plane is not under test
 
     def add_request(self, prompt, params: SamplingParams, request_id: str) -> str:
         if prompt == "bad":
@@ -54,7 +61,12 @@ class FakeEngine:
         return outs
 
     def stats(self) -> dict[str, int]:
-        return {"num_running": len(self.requests), "num_waiting": 0, "generated_tokens": 0}
+        return {
+            "num_running": len(self.requests),
+            "num_waiting": 0,
+            "num_waiting_sequences": 0,
+            "generated_tokens": 0,
+        }
 
 
 def _loop(engine: FakeEngine, flush_ms: float = 0.0, max_queue: int = 100) -> EngineLoop:
@@ -153,3 +165,18 @@ def test_queue_limit_and_stopped_loop() -> None:
             loop.submit(["a"], SamplingParams())
 
     asyncio.run(after_stop())
+
+
+def test_a_closing_loop_refuses_admission_but_keeps_running() -> None:
+    """After close() nothing is admitted (check_admissible and submit agree) while the
+    thread still runs for what is in flight; after stop() it does not run."""
+    loop = _loop(FakeEngine(), max_queue=4)
+    loop.check_admissible(4)
+    with pytest.raises(TooManySequences, match="--max-queue"):
+        loop.check_admissible(5)
+    loop.close(grace_s=60)
+    assert loop.running and not loop.alive and loop.idle
+    with pytest.raises(EngineUnavailable, match="shutting down"):
+        loop.check_admissible(1)
+    loop.stop()
+    assert not loop.running

@@ -228,6 +228,16 @@ def test_size_bound_exists_only_where_it_is_sound(bundled_tokenizer) -> None:
     words = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
     words.pre_tokenizer = pre_tokenizers.Whitespace()
     assert max_bytes_per_token(PreTrainedTokenizerFast(tokenizer_object=words)) is None
+    # BPE keeps every byte only behind a byte-level pre-tokenizer (here inside a Sequence),
+    # not behind a Split whose pattern merely spells "ByteLevel".
+    for pre, sound in (
+        (pre_tokenizers.Sequence([pre_tokenizers.Digits(), pre_tokenizers.ByteLevel()]), True),
+        (pre_tokenizers.Split("ByteLevel", "isolated"), False),
+    ):
+        bpe = Tokenizer(models.BPE({"a": 0, "b": 1}, []))
+        bpe.pre_tokenizer = pre
+        bound = max_bytes_per_token(PreTrainedTokenizerFast(tokenizer_object=bpe))
+        assert (bound is not None) == sound, pre
 
 
 # ---- defect 4: n the batch can never hold ---------------------------------------------------
@@ -241,17 +251,49 @@ def test_size_bound_exists_only_where_it_is_sound(bundled_tokenizer) -> None:
         ("/generate", {"prompt": "hi", "max_tokens": 2}),
     ],
 )
-@pytest.mark.parametrize("n", [5, 100_000])
+@pytest.mark.parametrize(
+    ("n", "needle", "param"),
+    [(5, "one engine step can run", "n"), (100_000, "--max-queue", None)],
+)
 def test_n_over_the_batch_is_refused(
-    input_server: RunningServer, path: str, body: dict, n: int
+    input_server: RunningServer, path: str, body: dict, n: int, needle: str, param: str | None
 ) -> None:
+    """The engine refuses an n its batch can never hold; an n past --max-queue is refused
+    by the queue first."""
     resp = httpx.post(input_server.url + path, json={**body, "n": n, "best_of": n}, timeout=30)
-    assert _error(resp, 400, "--max-batch")["param"] == "n"
+    assert _error(resp, 400, needle)["param"] == param
     ok = httpx.post(input_server.url + path, json={**body, "n": 4}, timeout=30)
     assert ok.status_code == 200 and len(ok.json().get("choices", ok.json().get("results"))) == 4
 
 
 # ---- defect 9: --max-queue counts sequences ------------------------------------------------
+
+
+def test_a_refused_request_is_never_tokenised(input_server: RunningServer) -> None:
+    """Queue refusals (400 too many sequences, 429 full) come before tokenising: a spy on
+    `encode` sees none of these prompts. The full queue is fault injection: its count is
+    set as if eight sequences were still in the inbox."""
+    state = input_server.app.state.rlserve
+    tokenizers = (state.tokenizer, input_server.engine.tokenizer)
+    encoded: list[str] = []
+    url = input_server.url
+    chat = {"messages": [{"role": "user", "content": "refused chat"}], "max_tokens": 1}
+    with _recording_encode(tokenizers, encoded.append):
+        many = {"prompt": [f"refused {i}" for i in range(9)], "max_tokens": 1}
+        _error(httpx.post(url + "/generate", json=many), 400, "--max-queue")
+        too_many = {**chat, "n": 9, "best_of": 9}
+        _error(httpx.post(url + "/v1/chat/completions", json=too_many), 400, "--max-queue")
+        state.loop._queued_sequences = 8
+        try:
+            for path, body in (
+                ("/generate", {"prompt": "refused generate", "max_tokens": 1}),
+                ("/v1/completions", {"prompt": "refused completion", "max_tokens": 1}),
+                ("/v1/chat/completions", chat),
+            ):
+                _error(httpx.post(url + path, json=body), 429, "--max-queue 8")
+        finally:
+            state.loop._queued_sequences = 0
+    assert not [text for text in encoded if "refused" in text], encoded
 
 
 def test_a_request_larger_than_the_queue_is_refused(input_server: RunningServer) -> None:
@@ -339,6 +381,35 @@ def test_slow_template_does_not_hold_the_event_loop(trusting_server: RunningServ
         reply = _read_response(chat)
     assert reply.startswith(b"HTTP/1.1 200"), reply[:300]
     assert healthy_while_rendering >= 5
+
+
+def test_request_templates_render_on_their_own_workers(trusting_server: RunningServer) -> None:
+    """A request's own template renders on a small pool of its own, so looping ones cannot
+    take the workers that tokenise prompts and render the server's template."""
+    tokenizer = trusting_server.app.state.rlserve.tokenizer
+    renders: list[tuple[bool, str]] = []
+    encodes: list[str] = []
+
+    def spy(*args: Any, _real: Any = tokenizer.apply_chat_template, **kwargs: Any) -> Any:
+        renders.append(("chat_template" in kwargs, threading.current_thread().name))
+        return _real(*args, **kwargs)
+
+    tokenizer.apply_chat_template = spy
+    try:
+        with _recording_encode((tokenizer,), lambda _: encodes.append(_thread_name())):
+            url = trusting_server.url + "/v1/chat/completions"
+            for extra in ({}, {"chat_template": "{{ messages[0].content }}"}):
+                resp = httpx.post(url, json={"messages": USER, "max_tokens": 1, **extra})
+                assert resp.status_code == 200, resp.text
+    finally:
+        del tokenizer.apply_chat_template
+    pool = "rlserve-request-template"
+    assert [(own, name.startswith(pool)) for own, name in renders] == [(False, False), (True, True)]
+    assert encodes and not any(name.startswith(pool) for name in encodes), encodes
+
+
+def _thread_name() -> str:
+    return threading.current_thread().name
 
 
 # ---- defect 8: 500s and 200s that must be 400s ---------------------------------------------

@@ -6,7 +6,7 @@ import pytest
 
 from rlserve.server.cli import build_parser, config_from_args, main
 from rlserve.server.config import ServerConfig
-from rlserve.server.errors import APIError
+from rlserve.server.errors import APIError, error_body
 from rlserve.server.logprob_format import (
     FLOOR,
     chat_logprobs,
@@ -33,6 +33,11 @@ def test_server_config_validation() -> None:
     ):
         with pytest.raises(ValueError, match=next(iter(bad))):
             ServerConfig(**bad)
+
+
+def test_error_types_of_unlisted_statuses() -> None:
+    assert error_body(418, "x")["error"]["type"] == "invalid_request_error"
+    assert error_body(502, "x")["error"]["type"] == "server_error"
 
 
 def test_cli_flags_map_onto_config() -> None:

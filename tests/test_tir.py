@@ -191,6 +191,52 @@ def test_tir_stops_at_an_end_marker_spelled_with_ordinary_tokens(bundled, sandbo
     assert content == CODE_REPLY + "\n```output\n45\n```\nSo the sum is 45."
 
 
+def test_tir_keeps_the_callers_stop_string_setting_when_the_marker_is_one_token(bundled):
+    from rlserve.rl.tir_mode import TIRMode
+
+    caller = SamplingParams(stop=["###"])
+    one_token = TIRMode(bundled.tokenizer, TIR, sandbox=None).turn_params(caller)
+    assert TIR.end in one_token.stop and one_token.include_stop_str_in_output is False
+    keeping = SamplingParams(stop=["###"], include_stop_str_in_output=True)
+    assert TIRMode(bundled.tokenizer, TIR, None).turn_params(keeping).include_stop_str_in_output
+    # A marker of several tokens is only a stop string: it stays in the text, as before.
+    fenced = TIRConfig(begin="```python", end="```\n")
+    several = TIRMode(bundled.tokenizer, fenced, None).turn_params(caller)
+    assert several.include_stop_str_in_output is True
+
+
+class CountingTokenizer:
+    """The real tokenizer, counting the tokens it decodes."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.decoded = 0
+
+    def decode(self, ids, **kwargs) -> str:
+        self.decoded += len(ids)
+        return self.tokenizer.decode(ids, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def test_tir_decodes_a_round_that_ends_its_turn_once(bundled):
+    from rlserve.rl.tir_mode import TIRMode
+    from rlserve.rl.trajectory import Trajectory
+
+    tok = bundled.tokenizer
+    ids = tok.encode("So the sum is 45.", add_special_tokens=False)
+    ids.append(tok.convert_tokens_to_ids("<|im_end|>"))
+    counting = CountingTokenizer(tok)
+    mode = TIRMode(counting, TIR, None)
+    traj = Trajectory(prompt_ids=[1], num_turns=1)
+    counting.decoded = 0
+    sample = Sample(ids, [-0.5] * len(ids), [0] * len(ids), "stop", None)  # EOS, no reason
+    assert mode.after_generation(traj, sample) is None
+    assert traj.messages[-1]["content"] == "So the sum is 45."
+    assert counting.decoded == len(ids) + 1  # the sample, and its end token alone
+
+
 @pytest.fixture
 def workdir_root() -> Iterator[Path]:
     """A parent for the sandbox's work dirs that sandbox uids can traverse."""

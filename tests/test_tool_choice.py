@@ -143,13 +143,13 @@ def test_validate_tools_names_the_bad_entry(tools, message):
     validate_tools([WEATHER, CALCULATOR, CALCULATOR["function"]])  # the bare function form too
 
 
-@pytest.mark.parametrize("choice", [None, "auto", "none", "required"])
 @pytest.mark.parametrize(("tools", "message"), UNUSABLE_TOOLS[:2])
-def test_unusable_tools_fail_before_generation_whatever_the_tool_choice(choice, tools, message):
-    # forced_call_prefixes runs before a request is submitted: it must refuse bad tools
-    # even when it forces nothing, or the reply fails only after it was generated.
+def test_forced_call_prefixes_reads_the_tools_only_to_force_a_call(tools, message):
+    # Requests are checked where they come in (the server's check_request_tools,
+    # Engine.chat), once; "auto" and "none" force nothing and leave the tools alone.
+    assert forced_call_prefixes("auto", tools, "hermes") == []
     with pytest.raises(ValueError, match=message):
-        forced_call_prefixes(choice, tools, "hermes")
+        forced_call_prefixes("required", tools, "hermes")
 
 
 def test_batch_generate_with_tools_refuses_unusable_tools_before_generating(bundled):

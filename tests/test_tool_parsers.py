@@ -437,6 +437,7 @@ def test_streaming_reasoning_events() -> None:
 # --- server-side formatting of replies (ToolCallFormat) ------------------------------------
 
 CALL = '<tool_call>\n{"name": "calc", "arguments": {"x": 1}}\n</tool_call>'
+SPECIAL = ["<|im_end|>", "<|eot_id|>", "</s>"]  # the tokenizer's special tokens, as passed
 
 
 def _format_both_ways(text: str, **kwargs: Any) -> tuple[dict[str, Any], str | None, list]:
@@ -460,33 +461,40 @@ def _format_both_ways(text: str, **kwargs: Any) -> tuple[dict[str, Any], str | N
 def test_call_only_reply_has_null_content_whole_and_streamed(end: str) -> None:
     # With skip_special_tokens false (the client's training defaults) the end-of-turn
     # token is in the text; OpenAI and vLLM send content null for a reply that only calls.
-    whole, streamed, calls = _format_both_ways(CALL + end, special_tokens=["</s>"])
+    whole, streamed, calls = _format_both_ways(CALL + end, special_tokens=SPECIAL)
     assert whole["content"] is None and streamed is None
     assert [c["function"]["name"] for c in whole["tool_calls"]] == ["calc"]
     assert calls == [("calc", '{"x": 1}')]
 
 
 def test_text_beside_calls_keeps_its_words_and_loses_the_end_token() -> None:
-    whole, streamed, _ = _format_both_ways("Let me  compute.\n" + CALL + "<|im_end|>")
+    whole, streamed, _ = _format_both_ways(
+        "Let me  compute.\n" + CALL + "<|im_end|>", special_tokens=SPECIAL
+    )
     assert whole["content"] == streamed == "Let me  compute."
-    whole, streamed, _ = _format_both_ways(CALL + "\nDone <x>.<|im_end|>")
+    whole, streamed, _ = _format_both_ways(CALL + "\nDone <x>.<|im_end|>", special_tokens=SPECIAL)
     assert whole["content"] == streamed == "\nDone <x>."
+
+
+@pytest.mark.parametrize("tail", ["<|x|>", "<|im_end|", "<|eot_id|>"])
+def test_text_that_only_looks_like_a_special_token_stays_content(tail: str) -> None:
+    # Only the tokenizer's own special tokens are cut; `<|x|>` here is text the model wrote.
+    whole, streamed, _ = _format_both_ways(CALL + "\nSee " + tail, special_tokens=["<|im_end|>"])
+    assert whole["content"] == streamed == "\nSee " + tail
 
 
 @pytest.mark.parametrize("text", ["The answer is 5.<|im_end|>", "a \n b  ", "", "<|im_end|>"])
 def test_replies_without_calls_are_left_as_they_are(text: str) -> None:
-    whole, streamed, calls = _format_both_ways(text)
+    whole, streamed, calls = _format_both_ways(text, special_tokens=SPECIAL)
     assert whole["content"] == text and "tool_calls" not in whole and calls == []
     assert streamed == (text or None)
 
 
-def test_tool_call_format_and_request_check_refuse_unusable_tools() -> None:
+def test_the_request_check_refuses_unusable_tools() -> None:
     from rlserve.server.errors import APIError
-    from rlserve.server.tool_calls import ToolCallFormat, check_request_tools
+    from rlserve.server.tool_calls import check_request_tools
 
     bad = [TOOLS[0], {"type": "function", "function": {"name": None}}]
-    with pytest.raises(ValueError, match=r"tools\[1\]"):
-        ToolCallFormat("hermes", bad, False)
     with pytest.raises(APIError) as err:
         check_request_tools(bad)
     assert err.value.status == 400 and err.value.param == "tools"

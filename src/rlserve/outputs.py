@@ -51,3 +51,30 @@ class RequestOutput:
     prompt_top_logprobs: list[dict[int, float] | None] | None = None
     num_cached_tokens: int = 0
     error: str | None = None
+
+    def merge(self, delta: RequestOutput) -> None:
+        """Add a later delta of the same request (from `Engine.step()`) to this total."""
+        if delta.prompt_token_ids:
+            self.prompt, self.prompt_token_ids = delta.prompt, delta.prompt_token_ids
+        self.finished = delta.finished
+        self.error = delta.error or self.error
+        self.num_cached_tokens = delta.num_cached_tokens
+        if delta.prompt_logprobs is not None:
+            self.prompt_logprobs = delta.prompt_logprobs
+            self.prompt_top_logprobs = delta.prompt_top_logprobs
+        by_index = {c.index: c for c in self.outputs}
+        for d in delta.outputs:
+            c = by_index.get(d.index)
+            if c is None:
+                c = CompletionOutput(index=d.index,
+                                     top_logprobs=[] if d.top_logprobs is not None else None)
+                self.outputs.append(c)
+                by_index[d.index] = c
+            c.text += d.text
+            c.token_ids += d.token_ids
+            c.logprobs += d.logprobs
+            c.sampling_logprobs += d.sampling_logprobs
+            c.weight_versions += d.weight_versions
+            if d.top_logprobs is not None and c.top_logprobs is not None:
+                c.top_logprobs += d.top_logprobs
+            c.finish_reason, c.stop_reason = d.finish_reason, d.stop_reason

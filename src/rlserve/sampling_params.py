@@ -15,8 +15,11 @@ GREEDY_TEMPERATURE_EPS = 1e-5
 class SamplingParams:
     """How to sample completions for one prompt (names follow vLLM).
 
-    temperature 0 means greedy; so does any temperature below 1e-5 (as in vLLM), which is
-    stored as 0.0 (logprobs are then reported at T = 1, as for every greedy request).
+    temperature 0 means greedy; so does any temperature below 1e-5 (vLLM's `_SAMPLING_EPS`),
+    which is stored as 0.0. Like every greedy request its logprobs are then reported at
+    T = 1, as vLLM does (it replaces such temperatures by 1 before computing logprobs):
+    log_softmax(logits / 1e-6) is a one-hot no trainer wants. `Engine.score` refuses such
+    temperatures rather than score at a T other than the one asked for.
     top_k -1 and top_p 1.0 and min_p 0.0 mean "off".
     `logprobs=k` also returns the k most likely alternatives of every generated token;
     the logprob of the sampled token itself is always returned.

@@ -58,19 +58,26 @@ class AsyncAdmin:
         return result
 
     async def load_adapter(self, path: str, name: str | None = None) -> dict[str, Any]:
-        """Load the PEFT adapter at `path` (under the server's --weights-dir) as `name`;
-        without a name it becomes the policy: requests naming no model use it and the
-        policy version advances (seed 002's hot reload)."""
+        """Load the PEFT adapter at `path` (under the server's --weights-dir) as `name`.
+
+        Without a name it becomes the policy (seed 002's hot reload): it replaces the
+        server's default adapter (what requests naming no model run on) in place, or
+        becomes the default when there is none, and the policy version advances. Changed
+        behaviour: an unnamed load used to add an adapter beside the default; pass `name`
+        for that (a named load adds a model id and leaves the default alone)."""
         body = {"adapter_path": str(path), **adapter_fields(name)}
         return await self._admin("POST", "/load_adapter", json=body)
 
     async def upload_adapter(self, path: str | Path, name: str | None = None) -> dict[str, Any]:
-        """Upload a local adapter folder (or .zip) and load it as `name` (without a name:
-        as the policy, like `load_adapter`)."""
+        """Upload a local adapter folder (or .zip) and load it as `name`. Without a name
+        it replaces the default adapter and advances the policy version, exactly like
+        `load_adapter` (changed behaviour too)."""
         data = adapter_fields(name)
         return await self._admin("POST", "/upload_adapter", data=data, files=upload_files(path))
 
     async def unload_adapter(self, name: str) -> dict[str, Any]:
+        """Remove adapter `name` (409 while requests still run on it); unloading the
+        default adapter makes requests naming no model run on the base weights."""
         return await self._admin("POST", "/unload_adapter", json={"adapter_name": name})
 
     async def pause(self, mode: str = "keep") -> dict[str, Any]:

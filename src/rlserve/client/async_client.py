@@ -10,7 +10,6 @@ import httpx
 
 from rlserve.client.admin_async import AsyncAdmin
 from rlserve.client.base import ClientBase
-from rlserve.client.errors import APIStatusError
 from rlserve.client.payloads import (
     PreparedCall,
     attach_training_data,
@@ -18,7 +17,7 @@ from rlserve.client.payloads import (
     first_model_id,
     request_options,
 )
-from rlserve.client.retry import transport_error, wait_before_retry
+from rlserve.client.retry import wait_or_raise
 from rlserve.client.sse import DONE, parse_sse_line
 
 
@@ -76,9 +75,14 @@ class AsyncClient(AsyncAdmin, ClientBase):
         if kind != "generate" and "model" not in call.body:
             call.body["model"] = await self._default_model()
         if call.stream:
-            return await self._stream(call)
+            return _aiter_chunks(await self._send("POST", call, stream=True))
         response = await self._json(call)
-        return attach_training_data(kind, call, response, self._client_prompt_ids)
+        prompts = None
+        if self._needs_client_prompt_ids(kind, call, response):
+            # Rendering and encoding take milliseconds per prompt: off the event loop, so
+            # hundreds of concurrent rollouts do not queue behind them.
+            prompts = await asyncio.to_thread(self._client_prompt_ids, kind, call.body)
+        return attach_training_data(kind, call, response, prompts)
 
     async def _default_model(self) -> str:
         async with self._model_lock:
@@ -89,46 +93,25 @@ class AsyncClient(AsyncAdmin, ClientBase):
     async def _json(self, call: PreparedCall, method: str = "POST") -> Any:
         return decode_body(await self._send(method, call))
 
-    async def _send(self, method: str, call: PreparedCall) -> httpx.Response:
+    async def _send(self, method: str, call: PreparedCall, stream: bool = False) -> httpx.Response:
+        """`Client._send`, awaitable."""
         deadline = self._deadline(call)
         attempt = 0
         while True:
             options = request_options(method, call, deadline.attempt_timeout())
+            request = self._http.build_request(method, call.path, **options)
             try:
-                response = await self._http.request(method, call.path, **options)
+                response = await self._http.send(request, stream=stream)
             except httpx.TransportError as exc:
-                delay = wait_before_retry(self.retry_policy, deadline, attempt, error=exc)
-                if delay is None:
-                    raise transport_error(method, call.path, exc) from exc
+                delay = wait_or_raise(self.retry_policy, deadline, attempt, method, call.path, exc)
             else:
                 if response.status_code < 400:
                     return response
-                delay = wait_before_retry(self.retry_policy, deadline, attempt, response=response)
-                if delay is None:
-                    raise APIStatusError(response.status_code, decode_body(response))
-            await asyncio.sleep(delay)
-            attempt += 1
-
-    async def _stream(self, call: PreparedCall) -> AsyncIterator[dict[str, Any]]:
-        deadline = self._deadline(call)
-        attempt = 0
-        while True:
-            options = request_options("POST", call, deadline.attempt_timeout())
-            request = self._http.build_request("POST", call.path, **options)
-            try:
-                response = await self._http.send(request, stream=True)
-            except httpx.TransportError as exc:
-                delay = wait_before_retry(self.retry_policy, deadline, attempt, error=exc)
-                if delay is None:
-                    raise transport_error("POST", call.path, exc) from exc
-            else:
-                if response.status_code < 400:
-                    return _aiter_chunks(response)
                 await response.aread()
                 await response.aclose()
-                delay = wait_before_retry(self.retry_policy, deadline, attempt, response=response)
-                if delay is None:
-                    raise APIStatusError(response.status_code, decode_body(response))
+                delay = wait_or_raise(
+                    self.retry_policy, deadline, attempt, method, call.path, response
+                )
             await asyncio.sleep(delay)
             attempt += 1
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import httpx
 
+from rlserve.chat_messages import chat_template_options, with_joined_text
 from rlserve.client.payloads import (
     NOT_GIVEN,
     PreparedCall,
     auth_headers,
     call_defaults,
+    needs_client_prompt_ids,
     normalize_base_url,
     prepare,
 )
@@ -72,6 +75,7 @@ class ClientBase:
         self.timeout = timeout
         self.model = model
         self._tokenizer = tokenizer
+        self._tokenizer_lock = threading.Lock()
         self._http_options: dict[str, Any] = {
             "base_url": self.base_url,
             "timeout": timeout,
@@ -79,8 +83,9 @@ class ClientBase:
             "limits": httpx.Limits(
                 max_connections=max_connections,
                 max_keepalive_connections=max_connections,
-                # Below uvicorn's default keep-alive (5 s, vLLM and SGLang use it too): an
-                # idle connection is dropped here before the server may close it.
+                # rlserve's server keeps idle connections 65 s; vLLM/SGLang run uvicorn
+                # with its 5 s default; 2 s stays below both so the client never sends on a
+                # connection the server is closing.
                 keepalive_expiry=2.0,
             ),
         }
@@ -134,8 +139,9 @@ class ClientBase:
         """The Hugging Face tokenizer, loaded on first use when given as a name/path."""
         if self._tokenizer is None:
             raise ValueError("this client has no tokenizer; pass tokenizer=<name or path>")
-        if isinstance(self._tokenizer, str):
-            self._tokenizer = hf_tokenizer(self._tokenizer)
+        with self._tokenizer_lock:  # the async client's worker threads load it once
+            if isinstance(self._tokenizer, str):
+                self._tokenizer = hf_tokenizer(self._tokenizer)
         return self._tokenizer
 
     def apply_chat_template(
@@ -154,17 +160,23 @@ class ClientBase:
 
         This is the client's tokenisation: completions use `add_special_tokens` from the
         body (default True, as vLLM and SGLang tokenise completion prompts), chats the
-        tokenizer's chat template with the body's `tools`, `add_generation_prompt`,
-        `continue_final_message` and `chat_template_kwargs`. It equals the server's only
-        when both use the same tokenizer and template.
+        tokenizer's chat template with the options rlserve's server takes from the body
+        (`rlserve.chat_messages`). It equals the server's only when both use the same
+        tokenizer and template. It may load the tokenizer and render a template: the async
+        client runs it in a worker thread.
         """
         if self._tokenizer is None:
             return None
         if kind == "completion":
             return self._tokenize_completion_prompts(body)
         if kind == "chat" and isinstance(body.get("messages"), list):
-            return [self._tokenize_chat(body)]
+            ids = self._tokenize_chat(body)
+            return None if ids is None else [ids]
         return None
+
+    def _needs_client_prompt_ids(self, kind: str, call: PreparedCall, response: Any) -> bool:
+        """Whether `_client_prompt_ids` has prompt ids to add to `response`."""
+        return self._tokenizer is not None and needs_client_prompt_ids(kind, call, response)
 
     def _tokenize_completion_prompts(self, body: dict[str, Any]) -> list[list[int]] | None:
         prompt = body.get("prompt")
@@ -174,20 +186,15 @@ class ClientBase:
         special = body.get("add_special_tokens", True)
         return [list(self.tokenizer.encode(t, add_special_tokens=special)) for t in texts]
 
-    def _tokenize_chat(self, body: dict[str, Any]) -> list[int]:
-        options = dict(body.get("chat_template_kwargs") or {})
-        continue_final = bool(body.get("continue_final_message"))
-        if continue_final:
-            options["continue_final_message"] = True
-        generation_prompt = body.get("add_generation_prompt", True) and not continue_final
-        ids = apply_chat_template(
-            self.tokenizer,
-            body["messages"],
-            body.get("tools"),
-            True,
-            add_generation_prompt=generation_prompt,
-            **options,
-        )
+    def _tokenize_chat(self, body: dict[str, Any]) -> list[int] | None:
+        """The chat prompt's ids as the server renders it (text parts joined, the same
+        template options); None when its content parts are not all text."""
+        try:
+            messages = [with_joined_text(m, i) for i, m in enumerate(body["messages"])]
+        except ValueError:
+            return None  # e.g. image parts: how the server renders them is unknown
+        options = {**chat_template_options(body), "tokenize": True}
+        ids = apply_chat_template(self.tokenizer, messages, **options)
         return list(ids)  # type: ignore[arg-type]
 
     @staticmethod

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,9 +12,6 @@ from rlserve.client.training_data import (
     generate_training_data,
     lacks_prompt_tokens,
 )
-
-# Token ids of each prompt of a call as the client tokenises it (None if it cannot).
-ClientPromptIds = Callable[[str, dict[str, Any]], "list[list[int]] | None"]
 
 # Extra fields that make a response carry exact training data: token ids for prompt and
 # completion, logprob tokens as `token_id:N`, and text that covers every sampled token
@@ -123,28 +119,35 @@ def token_id_prompts(prompt: Any) -> list[list[int]] | None:
     return None
 
 
+def needs_client_prompt_ids(kind: str, call: PreparedCall, response: Any) -> bool:
+    """Whether a completion/chat `response` leaves out the ids of a prompt that the call
+    sent as text: only the client's own tokenisation can fill them in then."""
+    if kind not in ("completion", "chat") or not isinstance(response, dict):
+        return False
+    if kind == "completion" and token_id_prompts(call.body.get("prompt")) is not None:
+        return False
+    return lacks_prompt_tokens(kind, response)
+
+
 def attach_training_data(
-    kind: str, call: PreparedCall, response: Any, client_prompt_ids: ClientPromptIds | None = None
+    kind: str, call: PreparedCall, response: Any, client_prompts: list[list[int]] | None = None
 ) -> Any:
     """Add `rlserve_train` to a decoded JSON response (non-dicts pass through).
 
     Prompts the server returned no token ids for are taken from the call itself when
-    it sent token ids, else from `client_prompt_ids(kind, body)` (the client's own
-    tokenisation), asked only then.
+    it sent token ids, else from `client_prompts` (the client's own tokenisation of each
+    prompt, worth computing only when `needs_client_prompt_ids`).
     """
     if not isinstance(response, dict):
         return response
-    prompts = token_id_prompts(call.body.get("prompt")) if kind == "completion" else None
-    if prompts is None and client_prompt_ids is not None and lacks_prompt_tokens(kind, response):
-        prompts = client_prompt_ids(kind, call.body)
     if kind == "completion":
+        prompts = token_id_prompts(call.body.get("prompt")) or client_prompts
         echo = bool(call.body.get("echo"))
         n = call.body.get("n") if isinstance(call.body.get("n"), int) else 1
-        response[TRAIN_KEY] = completion_training_data(
-            response, None, echo, per_prompt=prompts, n=n
-        )
+        response[TRAIN_KEY] = completion_training_data(response, echo=echo, per_prompt=prompts, n=n)
     elif kind == "chat":
-        response[TRAIN_KEY] = chat_training_data(response, prompts[0] if prompts else None)
+        prompt = client_prompts[0] if client_prompts else None
+        response[TRAIN_KEY] = chat_training_data(response, prompt)
     elif kind == "generate":
         response[TRAIN_KEY] = generate_training_data(response)
     return response

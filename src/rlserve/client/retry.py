@@ -9,7 +9,8 @@ from typing import Any
 
 import httpx
 
-from rlserve.client.errors import APIConnectionError, APITimeoutError
+from rlserve.client.errors import APIConnectionError, APIStatusError, APITimeoutError
+from rlserve.client.payloads import decode_body
 
 RETRYABLE_STATUS = frozenset({408, 429})
 
@@ -143,19 +144,26 @@ def total_seconds(timeout: Any) -> float | None:
     return float(timeout)
 
 
-def wait_before_retry(
+def wait_or_raise(
     policy: RetryPolicy,
     deadline: Deadline,
     attempt: int,
-    *,
-    response: httpx.Response | None = None,
-    error: BaseException | None = None,
-) -> float | None:
-    """`retry_delay`, or None when the retry could not start before the deadline."""
-    delay = retry_delay(policy, attempt, response=response, error=error)
-    if delay is None or not deadline.allows_wait(delay):
-        return None
-    return delay
+    method: str,
+    path: str,
+    failure: httpx.Response | httpx.TransportError,
+) -> float:
+    """Seconds to wait before retrying attempt `attempt` of `method path`, which failed
+    with `failure` (an error status or a transport error); when the failure is final or
+    the retry could not start before the deadline, raises the call's error instead."""
+    if isinstance(failure, httpx.Response):
+        delay = retry_delay(policy, attempt, response=failure)
+    else:
+        delay = retry_delay(policy, attempt, error=failure)
+    if delay is not None and deadline.allows_wait(delay):
+        return delay
+    if isinstance(failure, httpx.Response):
+        raise APIStatusError(failure.status_code, decode_body(failure))
+    raise transport_error(method, path, failure) from failure
 
 
 def transport_error(method: str, path: str, exc: httpx.TransportError) -> APIConnectionError:

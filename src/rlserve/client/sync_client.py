@@ -10,7 +10,6 @@ import httpx
 
 from rlserve.client.admin_sync import SyncAdmin
 from rlserve.client.base import ClientBase
-from rlserve.client.errors import APIStatusError
 from rlserve.client.payloads import (
     PreparedCall,
     attach_training_data,
@@ -18,7 +17,7 @@ from rlserve.client.payloads import (
     first_model_id,
     request_options,
 )
-from rlserve.client.retry import transport_error, wait_before_retry
+from rlserve.client.retry import wait_or_raise
 from rlserve.client.sse import DONE, parse_sse_line
 
 
@@ -79,8 +78,12 @@ class Client(SyncAdmin, ClientBase):
         if kind != "generate" and "model" not in call.body:
             call.body["model"] = self._default_model()
         if call.stream:
-            return self._stream(call)
-        return attach_training_data(kind, call, self._json(call), self._client_prompt_ids)
+            return _iter_chunks(self._send("POST", call, stream=True))
+        response = self._json(call)
+        prompts = None
+        if self._needs_client_prompt_ids(kind, call, response):
+            prompts = self._client_prompt_ids(kind, call.body)
+        return attach_training_data(kind, call, response, prompts)
 
     def _default_model(self) -> str:
         if self.model is None:
@@ -90,47 +93,27 @@ class Client(SyncAdmin, ClientBase):
     def _json(self, call: PreparedCall, method: str = "POST") -> Any:
         return decode_body(self._send(method, call))
 
-    def _send(self, method: str, call: PreparedCall) -> httpx.Response:
+    def _send(self, method: str, call: PreparedCall, stream: bool = False) -> httpx.Response:
+        """The first successful response to `call` (with `stream`, its body still to be
+        read), retried within the call's deadline. A stream is retried only until it
+        opens; a broken stream is not replayed."""
         deadline = self._deadline(call)
         attempt = 0
         while True:
             options = request_options(method, call, deadline.attempt_timeout())
+            request = self._http.build_request(method, call.path, **options)
             try:
-                response = self._http.request(method, call.path, **options)
+                response = self._http.send(request, stream=stream)
             except httpx.TransportError as exc:
-                delay = wait_before_retry(self.retry_policy, deadline, attempt, error=exc)
-                if delay is None:
-                    raise transport_error(method, call.path, exc) from exc
+                delay = wait_or_raise(self.retry_policy, deadline, attempt, method, call.path, exc)
             else:
                 if response.status_code < 400:
                     return response
-                delay = wait_before_retry(self.retry_policy, deadline, attempt, response=response)
-                if delay is None:
-                    raise APIStatusError(response.status_code, decode_body(response))
-            time.sleep(delay)
-            attempt += 1
-
-    def _stream(self, call: PreparedCall) -> Iterator[dict[str, Any]]:
-        # Retries happen only until the stream opens; a broken stream is not replayed.
-        deadline = self._deadline(call)
-        attempt = 0
-        while True:
-            options = request_options("POST", call, deadline.attempt_timeout())
-            request = self._http.build_request("POST", call.path, **options)
-            try:
-                response = self._http.send(request, stream=True)
-            except httpx.TransportError as exc:
-                delay = wait_before_retry(self.retry_policy, deadline, attempt, error=exc)
-                if delay is None:
-                    raise transport_error("POST", call.path, exc) from exc
-            else:
-                if response.status_code < 400:
-                    return _iter_chunks(response)
                 response.read()
                 response.close()
-                delay = wait_before_retry(self.retry_policy, deadline, attempt, response=response)
-                if delay is None:
-                    raise APIStatusError(response.status_code, decode_body(response))
+                delay = wait_or_raise(
+                    self.retry_policy, deadline, attempt, method, call.path, response
+                )
             time.sleep(delay)
             attempt += 1
 

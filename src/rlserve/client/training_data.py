@@ -107,18 +107,17 @@ def _bundle(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 def completion_training_data(
     response: dict[str, Any],
-    prompt_tokens: list[int] | None = None,
-    echo: bool = False,
     *,
+    echo: bool = False,
     per_prompt: Sequence[list[int] | None] | None = None,
     n: int = 1,
 ) -> dict[str, Any]:
     """Training data from a `/v1/completions` response.
 
-    `prompt_tokens` is used for choices that carry no `prompt_token_ids` (e.g. a
-    token-id prompt the caller already has); `echo` says the logprobs cover the prompt too.
-    With several prompts, `per_prompt[i]` is the fallback for prompt `i`, whose `n`
-    choices have indices `i * n ... i * n + n - 1` (as vLLM numbers them).
+    `per_prompt[i]` gives the ids of prompt `i` for its choices that carry no
+    `prompt_token_ids` (e.g. a token-id prompt the caller already has); prompt `i`'s `n`
+    choices have indices `i * n ... i * n + n - 1` (as vLLM numbers them). `echo` says
+    the logprobs cover the prompt too.
     """
     choices = sorted(response.get("choices") or [], key=lambda c: c.get("index", 0))
 
@@ -126,7 +125,7 @@ def completion_training_data(
         position = choice.get("index", 0) // max(n, 1)
         if per_prompt is not None and isinstance(position, int) and position < len(per_prompt):
             return per_prompt[position]
-        return prompt_tokens
+        return None
 
     return _bundle([_completion_sample(c, fallback(c), echo) for c in choices])
 

@@ -46,8 +46,9 @@ class BlockManager:
 
     @staticmethod
     def hash_block(parent: bytes | None, token_ids: list[int], cache_key: Hashable) -> bytes:
-        """SHA-256 of (parent hash, token ids, cache key); every part but the key has a
-        fixed length, so no two different inputs share an encoding."""
+        """SHA-256 of (parent hash, token count, token ids, cache key). The parent hash and
+        the count have fixed lengths and the count fixes how long the tokens are, so the key
+        is whatever follows: no two different inputs share an encoding."""
         return _hash_block(parent, token_ids, _key_bytes(cache_key))
 
     def match_prefix(self, seq: Sequence, cache_key: Hashable) -> tuple[list[int], list[bytes]]:
@@ -55,17 +56,14 @@ class BlockManager:
         computed to get logits). Returns (block ids, their hashes)."""
         if not self.enable_prefix_caching or seq.wants_prompt_logprobs:
             return [], []
-        key = _key_bytes(cache_key)
-        blocks, hashes, parent = [], [], None
-        for i in range((seq.num_tokens - 1) // self.block_size):
-            tokens = seq.token_ids[i * self.block_size:(i + 1) * self.block_size]
-            h = _hash_block(parent, tokens, key)
+        num_blocks = (seq.num_tokens - 1) // self.block_size
+        blocks, hashes = [], []
+        for h in self._hash_chain(seq, cache_key, num_blocks)[:num_blocks]:
             block = self.cached_blocks.get(h)
             if block is None:
                 break
             blocks.append(block)
             hashes.append(h)
-            parent = h
         return blocks, hashes
 
     def allocate_slots(self, seq: Sequence, num_new_tokens: int,
@@ -117,19 +115,32 @@ class BlockManager:
 
     def cache_full_blocks(self, seq: Sequence, cache_key: Hashable) -> None:
         """Register the blocks of `seq` that became full so later sequences can reuse them."""
-        if not self.enable_prefix_caching:
-            return
         num_full = seq.num_computed_tokens // self.block_size
-        key = _key_bytes(cache_key) if num_full > len(seq.block_hashes) else b""
+        if not self.enable_prefix_caching or num_full <= len(seq.block_hashes):
+            return
+        chain = self._hash_chain(seq, cache_key, num_full)
         for i in range(len(seq.block_hashes), num_full):
-            parent = seq.block_hashes[-1] if seq.block_hashes else None
-            tokens = seq.token_ids[i * self.block_size:(i + 1) * self.block_size]
-            h = _hash_block(parent, tokens, key)
+            h = chain[i]
             seq.block_hashes.append(h)
             block = seq.block_table[i]
             if h not in self.cached_blocks and self.block_hash[block] is None:
                 self.cached_blocks[h] = block
                 self.block_hash[block] = h
+
+    def _hash_chain(self, seq: Sequence, cache_key: Hashable, num_blocks: int) -> list[bytes]:
+        """The hashes of (at least) the first `num_blocks` blocks of `seq`. They are kept on
+        the sequence while its cache key stays the same (its tokens only ever grow), so a
+        long prompt waiting for room is hashed once, not at every step."""
+        key, chain = seq.hash_chain
+        if key != cache_key:
+            chain = []
+            seq.hash_chain = (cache_key, chain)
+        if len(chain) < num_blocks:
+            key_bytes = _key_bytes(cache_key)
+            for i in range(len(chain), num_blocks):
+                tokens = seq.token_ids[i * self.block_size:(i + 1) * self.block_size]
+                chain.append(_hash_block(chain[-1] if chain else None, tokens, key_bytes))
+        return chain
 
     def reset_prefix_cache(self) -> None:
         """Forget every cached block (in-use blocks keep their KV; it is just not shared)."""

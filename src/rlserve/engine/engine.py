@@ -8,11 +8,11 @@ over it. The Engine is not thread-safe: drive it from one thread.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import uuid
 from collections.abc import Hashable
-from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,9 +20,11 @@ import torch
 from transformers import AutoTokenizer, GenerationConfig
 
 from rlserve.config import DEFAULT_KV_CACHE_MEMORY, EngineConfig
-from rlserve.engine.admission import check_params, check_token_ids, score_pairs
+from rlserve.engine.admission import check_params, check_token_ids, is_token_ids
 from rlserve.engine.block_manager import BlockManager
-from rlserve.engine.model_runner import ModelRunner
+from rlserve.engine.call_args import Prompt, params_list, prompt_list, score_pairs, score_params
+from rlserve.engine.failures import run_isolating
+from rlserve.engine.model_runner import ModelRunner, RunnerOutput
 from rlserve.engine.output_processor import OutputProcessor
 from rlserve.engine.prefix_constraint import TokenTexts, allowed_token_ids
 from rlserve.engine.sampler import SamplerOutput, SamplingRow, noise_seed, sample
@@ -30,12 +32,11 @@ from rlserve.engine.scheduler import ScheduledBatch, Scheduler
 from rlserve.engine.sequence import Sequence
 from rlserve.models.loader import WeightSource, load_model, read_config, update_weights
 from rlserve.models.lora import LoRAAdapter, load_adapter
-from rlserve.outputs import CompletionOutput, RequestOutput
+from rlserve.outputs import RequestOutput
 from rlserve.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
 
-Prompt = str | list[int]
 PAUSE_MODES = ("keep", "wait", "abort")
 
 
@@ -74,7 +75,10 @@ class Engine:
                                 self.max_model_len, self.config.trust_remote_code)
         self.tokenizer = AutoTokenizer.from_pretrained(
             self.model_path, trust_remote_code=self.config.trust_remote_code)
-        self.eos_token_ids = _eos_token_ids(self.model_path, self.tokenizer, hf_config)
+        vocab_size = self.model.config.vocab_size
+        # A generation_config may name ids the model has no logits for: they never come.
+        self.eos_token_ids = {t for t in _eos_token_ids(self.model_path, self.tokenizer,
+                                                        hf_config) if 0 <= t < vocab_size}
         num_blocks = self._num_kv_blocks()
         self.block_manager = BlockManager(num_blocks, self.config.block_size,
                                           self.config.enable_prefix_caching)
@@ -83,10 +87,12 @@ class Engine:
         self.scheduler = Scheduler(self.block_manager, self.config.max_num_seqs,
                                    self.config.max_num_batched_tokens, self._cache_key)
         self.outputs = OutputProcessor(self.tokenizer, self.eos_token_ids, self.max_model_len)
-        self._token_texts: TokenTexts | None = None  # built on first use of prefix_choices
+        # ~0.5 s for a 151k vocabulary: paid here, not by the first prefix_choices request.
+        self.token_texts = TokenTexts(self.tokenizer, vocab_size)
         self.policy_version = 0
         self._base_version = 0  # policy version of the current base weights
         self.adapters: dict[str, LoRAAdapter] = {}
+        self._adapter_loads = itertools.count(1)  # a LoRAAdapter.load_id per load_lora
         self.paused: str | None = None  # None, or the pause mode in force
         self._requests: dict[str, _Request] = {}
         self._aborted: list[_Request] = []
@@ -121,7 +127,7 @@ class Engine:
         text, token_ids = self._tokenize_prompt(prompt)
         self._check_fits(token_ids, params)
         check_params(params, self.model.config.vocab_size, self.eos_token_ids,
-                     self._prefix_token_texts)
+                     self.token_texts, self.config.max_num_seqs)
         request = _Request(request_id, text, token_ids, params, lora_name,
                            self.policy_version, max_staleness)
         seed = params.seed if params.seed is not None else self._rng.getrandbits(63)
@@ -138,16 +144,16 @@ class Engine:
 
         A request whose own processing fails here is aborted alone: its last delta has
         finish_reason "abort" and `error` set; the rest of the batch goes on."""
-        touched: dict[str, _Request] = {r.request_id: r for r in self._aborted}
-        self._aborted = []
-        batch = None
+        progressed: list[Sequence] = []
         if self.paused in (None, "wait"):  # "wait" drains: running requests go on
             batch = self.scheduler.schedule(admit=self.paused is None)
-        if batch:
-            for seq in self._run(batch):
-                touched[seq.request_id] = self._requests[seq.request_id]
-        touched.update((r.request_id, r) for r in self._aborted)  # failed in this step
+            if batch:
+                progressed = self._run(batch)
+        # Aborted before this step, or failed in it; then those that progressed.
+        touched = {r.request_id: r for r in self._aborted}
         self._aborted = []
+        for seq in progressed:
+            touched.setdefault(seq.request_id, self._requests[seq.request_id])
         return [self._delta(r) for r in touched.values()]
 
     def abort(self, request_id: str, reason: str | None = None) -> bool:
@@ -175,6 +181,7 @@ class Engine:
         return {**self._counters,
                 "num_running": len(self.scheduler.running),
                 "num_waiting": len(self.scheduler.waiting),
+                "num_waiting_sequences": self.scheduler.num_waiting_sequences,
                 "num_requests": len(self._requests),
                 "kv_blocks_used": bm.num_used_blocks,
                 "kv_blocks_total": bm.num_blocks,
@@ -198,7 +205,7 @@ class Engine:
         ("keep"); with `recompute_kv` their KV is recomputed under them first. Use
         `pause("wait")` or `pause("abort")` beforehand for the other update modes.
         """
-        new_version = self._next_version(version)
+        new_version = self.check_version(version)
         update_weights(self.model, weights)
         self._base_version = new_version
         self._set_version(new_version, recompute_kv)
@@ -212,8 +219,11 @@ class Engine:
         if not isinstance(name, str) or not name:
             raise ValueError(f"adapter name must be a non-empty string, got {name!r}")
         adapter = load_adapter(name, path, self.model)
+        # Its KV is cached under this id: a later adapter of the same name (a reload, or a
+        # load after unload_lora) never reuses it.
+        adapter.load_id = next(self._adapter_loads)
         bump = new_policy or name in self.adapters
-        adapter.version = self._next_version(None) if bump else self.policy_version
+        adapter.version = self.check_version(None) if bump else self.policy_version
         self.adapters[name] = adapter
         if bump:
             self._set_version(adapter.version, recompute_kv)
@@ -249,7 +259,9 @@ class Engine:
     def num_running(self) -> int:
         return len(self.scheduler.running)
 
-    def _next_version(self, version: int | None) -> int:
+    def check_version(self, version: int | None) -> int:
+        """The policy version an update to `version` would set (None = the next one);
+        ValueError unless it is an integer above the current one. Changes nothing."""
         if version is None:
             return self.policy_version + 1
         if isinstance(version, bool) or not isinstance(version, int) or \
@@ -286,15 +298,18 @@ class Engine:
                  params: SamplingParams | list[SamplingParams] | None = None,
                  lora_name: str | None | list[str | None] = None) -> list[RequestOutput]:
         """Complete prompts (a string, token ids, or a list of either); outputs in order.
-        `lora_name`: one adapter for all prompts, or one per prompt (None = base model)."""
-        prompt_list = _as_prompt_list(prompts)
-        params_list = _as_params_list(params, len(prompt_list))
-        loras = lora_name if isinstance(lora_name, list) else [lora_name] * len(prompt_list)
-        if len(loras) != len(prompt_list):
-            raise ValueError(f"got {len(loras)} lora names for {len(prompt_list)} prompts")
+        `lora_name`: one adapter for all prompts, or one per prompt (None = base model).
+        A request that fails inside the engine does not take the others down: its output
+        has `error` set and its samples end with finish_reason "abort" (as vLLM's
+        LLM.generate, one output per request). Bad arguments raise before anything runs."""
+        prompts = prompt_list(prompts)
+        params = params_list(params, len(prompts))
+        loras = lora_name if isinstance(lora_name, list) else [lora_name] * len(prompts)
+        if len(loras) != len(prompts):
+            raise ValueError(f"got {len(loras)} lora names for {len(prompts)} prompts")
         ids: list[str] = []
         try:
-            for prompt, p, lora in zip(prompt_list, params_list, loras, strict=True):
+            for prompt, p, lora in zip(prompts, params, loras, strict=True):
                 ids.append(self.add_request(prompt, p, lora_name=lora))
         except Exception:
             self._withdraw(ids)
@@ -339,9 +354,9 @@ class Engine:
               lora_name: str | None = None) -> list[float] | list[list[float]]:
         """Teacher-forced logprobs of each response token after its prompt, under
         log_softmax(logits / temperature): the numbers `generate` reports for them.
-        Token ids only (text is refused: see `admission.score_pairs`)."""
+        Token ids only (text is refused: see `call_args.score_pairs`)."""
         single, prompts, responses = score_pairs(prompt_token_ids, response_token_ids)
-        params = SamplingParams(temperature=temperature, max_tokens=1)
+        params = score_params(temperature)
         ids: list[str] = []
         try:
             for prompt, response in zip(prompts, responses, strict=True):
@@ -350,7 +365,7 @@ class Engine:
         except Exception:
             self._withdraw(ids)
             raise
-        outs = self._run_to_completion(ids)
+        outs = _raise_failures(self._run_to_completion(ids))
         scores = [out.prompt_logprobs[len(p):] for out, p in zip(outs, prompts, strict=True)]
         return scores[0] if single else scores
 
@@ -360,23 +375,41 @@ class Engine:
                                       lora_name=lora_name)
         seq = self._requests[request_id].seqs[0]
         seq.score_only = seq.keep_logits = True
-        self._run_to_completion([request_id])
+        _raise_failures(self._run_to_completion([request_id]))
         return torch.cat(seq.logits)
 
     # ---- internals -------------------------------------------------------------------------
 
     def _run(self, batch: ScheduledBatch) -> list[Sequence]:
-        """Forward one batch and apply its results; returns the sequences that progressed."""
+        """Forward one batch and apply its results; returns the sequences that progressed.
+        If the forward raises, only the sequences that fail on their own fail their
+        requests; the others go on in smaller groups (see failures.py: a rerun writes the
+        same KV into the same slots, and nothing was booked yet)."""
+        # Copy-on-write first, outside the failure handling: every rerun needs the copies.
+        self.runner.copy_blocks(batch.block_copies)
         samples = [seq.num_computed_tokens + n == seq.num_tokens and not seq.score_only
                    for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True)]
-        try:
-            result = self.runner.run(batch, samples, self.adapters)
-        except Exception as exc:
-            self._fail_forward(batch, samples, exc)
-            return []
-        self._counters["steps"] += 1
+
+        def forward(group: list[int]) -> tuple[ScheduledBatch, RunnerOutput]:
+            part = batch if len(group) == len(batch) else ScheduledBatch(
+                [batch.seqs[i] for i in group], [batch.num_new_tokens[i] for i in group])
+            return part, self.runner.run(part, [samples[i] for i in group], self.adapters)
+
+        done, culprits = run_isolating(list(range(len(batch))), forward)
+        for i, error in culprits:
+            self._fail_request(batch.seqs[i], error)
+        progressed = []
+        self._counters["steps"] += bool(done)
+        for _, (part, result) in done:
+            progressed += self._apply(part, result)
+        return progressed
+
+    def _apply(self, batch: ScheduledBatch, result: RunnerOutput) -> list[Sequence]:
+        """Book a forward's results and sample; returns the sequences that progressed."""
         progressed = []
         for i, (seq, num_new) in enumerate(zip(batch.seqs, batch.num_new_tokens, strict=True)):
+            if seq.is_finished:  # aborted with a sibling of its n > 1 group that failed
+                continue
             try:
                 if self._apply_forward(seq, num_new, result.prompt_logits.get(i)):
                     progressed.append(seq)
@@ -390,7 +423,7 @@ class Engine:
                 rows.append(row)
                 row_seqs.append(seq)
         if row_seqs:
-            progressed.extend(self._sample(result.sample_logits[rows], row_seqs))
+            progressed.extend(self._sample(_take_rows(result.sample_logits, rows), row_seqs))
         return progressed
 
     def _apply_forward(self, seq: Sequence, num_new: int,
@@ -410,33 +443,19 @@ class Engine:
             return True
         return False
 
-    def _fail_forward(self, batch: ScheduledBatch, samples: list[bool],
-                      error: Exception) -> None:
-        """The forward pass raised. Each sequence is run alone to find the culprits (a rerun
-        writes the same KV into the same slots, and nothing was booked yet); only their
-        requests fail and the others are scheduled again next step. When every sequence
-        runs alone the batch as a whole failed, and so does each of its requests."""
-        culprits: list[tuple[Sequence, Exception]] = []
-        if len(batch) > 1:
-            for seq, num_new, sampled in zip(batch.seqs, batch.num_new_tokens, samples,
-                                             strict=True):
-                try:
-                    self.runner.run(ScheduledBatch([seq], [num_new]), [sampled], self.adapters)
-                except Exception as exc:
-                    culprits.append((seq, exc))
-        for seq, exc in culprits or [(seq, error) for seq in batch.seqs]:
-            self._fail_request(seq, exc)
-
     def _fail_request(self, seq: Sequence, error: Exception) -> None:
         """Abort the request of `seq` alone; its next delta carries the error."""
         request = self._requests.get(seq.request_id)
         if request is None or request.error is not None:
             return
-        log.warning("request %s failed inside the engine step; aborting it alone",
-                    seq.request_id, exc_info=error)
-        request.error = f"{type(error).__name__}: {error}"
-        if not self.abort(seq.request_id, reason=request.error):
-            self._aborted.append(request)  # already finished: still report the error
+        message = f"{type(error).__name__}: {error}"
+        log.warning("request %s failed inside the engine step and is aborted alone: %s",
+                    seq.request_id, message)
+        log.debug("the failure of request %s", seq.request_id, exc_info=error)
+        if self.abort(seq.request_id, reason=message):
+            request.error = message
+        else:  # every sample had finished already: its outputs are whole, report them as is
+            self._aborted.append(request)
 
     def _fork_group(self, seq: Sequence) -> list[Sequence]:
         """A prefilled n > 1 parent becomes n samples sharing its prompt blocks."""
@@ -468,6 +487,8 @@ class Engine:
             if seq.is_finished:  # a sibling of an n > 1 group failed
                 continue
             try:
+                if out.errors[k] is not None:
+                    raise ValueError(f"cannot sample: {out.errors[k]}")
                 self._append_token(seq, out, k)
                 done.append(seq)
             except Exception as exc:
@@ -484,26 +505,21 @@ class Engine:
 
     def _sample_rows(self, logits: torch.Tensor, rows: dict[int, SamplingRow],
                      seqs: list[Sequence]) -> list[tuple[int, SamplerOutput, int]]:
-        """(seq index, sampler output, row in it) for every row that samples. All rows go
-        in one call; if it raises, each row is sampled alone to fail only the culprits
-        (sampling is row-wise, so the others get exactly the same tokens)."""
+        """(seq index, sampler output, row in it) for every row sampled. All rows go in one
+        call (rows with nothing to sample come back in its `errors`); if it raises, the
+        rows that raise alone fail and the others are sampled in groups (sampling is
+        row-wise: they get exactly the same tokens)."""
         order = [j for j in rows if not seqs[j].is_finished]
         if not order:
             return []
-        try:
-            out = sample(logits[order], [rows[j] for j in order])
-            return [(j, out, k) for k, j in enumerate(order)]
-        except Exception as exc:
-            if len(order) == 1:
-                self._fail_request(seqs[order[0]], exc)
-                return []
-        results = []
-        for j in order:
-            try:
-                results.append((j, sample(logits[j:j + 1], [rows[j]]), 0))
-            except Exception as exc:
-                self._fail_request(seqs[j], exc)
-        return results
+
+        def run(group: list[int]) -> SamplerOutput:
+            return sample(_take_rows(logits, group), [rows[j] for j in group])
+
+        done, culprits = run_isolating(order, run)
+        for j, error in culprits:
+            self._fail_request(seqs[j], error)
+        return [(j, out, k) for group, out in done for k, j in enumerate(group)]
 
     def _append_token(self, seq: Sequence, out: SamplerOutput, k: int) -> None:
         seq.token_ids.append(out.token_ids[k])
@@ -520,17 +536,13 @@ class Engine:
     def _allowed_token_ids(self, seq: Sequence) -> list[int] | None:
         if not seq.params.prefix_choices:
             return None
-        text = self.tokenizer.decode(seq.output_token_ids, skip_special_tokens=False)
-        allowed = allowed_token_ids(self._prefix_token_texts(), seq.params.prefix_choices,
-                                    text)
-        if allowed == []:
-            raise ValueError(f"prefix_choices: no token continues the output {text!r}")
-        return allowed
-
-    def _prefix_token_texts(self) -> TokenTexts:
-        if self._token_texts is None:  # built on first use: it decodes the whole vocabulary
-            self._token_texts = TokenTexts(self.tokenizer, self.model.config.vocab_size)
-        return self._token_texts
+        # While constrained, every token adds at least one byte: the longest choice's
+        # length in tokens is all the output that can matter.
+        longest = max(len(c.encode()) for c in seq.params.prefix_choices)
+        output = self.token_texts.spell(seq.output_token_ids[:longest])
+        # An empty list (nothing continues) is refused at admission (dead_end), and the
+        # sampler's `errors` catch it should a banned stop id make it so.
+        return allowed_token_ids(self.token_texts, seq.params.prefix_choices, output)
 
     def _record_prompt_logprobs(self, seq: Sequence, first: int, logits: torch.Tensor) -> None:
         """Keep logprobs (and raw logits if asked) of prompt rows first, first + 1, ..."""
@@ -583,36 +595,32 @@ class Engine:
         )
 
     def _withdraw(self, ids: list[str]) -> None:
-        """Take back requests added before a later one of the same call was refused."""
+        """Take back requests of one call that no one will see the outputs of (a later one
+        was refused): freed and forgotten now, no step() needed to report them."""
+        withdrawn = set(ids)
         for request_id in ids:
             self.abort(request_id)
-        self.step()  # flush the aborts so nothing is left queued
+            self._requests.pop(request_id, None)
+        self._aborted = [r for r in self._aborted if r.request_id not in withdrawn]
 
     def _run_to_completion(self, ids: list[str]) -> list[RequestOutput]:
         if self.paused is not None:  # nothing new would be scheduled: never spin forever
-            for request_id in ids:
-                self.abort(request_id)
-            self.step()
+            self._withdraw(ids)
             raise RuntimeError(f"the engine is paused ({self.paused!r}); call resume() first")
         results = {i: RequestOutput(i, None, [], []) for i in ids}
         while any(not results[i].finished for i in ids):
             for delta in self.step():
                 if delta.request_id in results:
-                    _merge(results[delta.request_id], delta)
+                    results[delta.request_id].merge(delta)
         for out in results.values():
             out.outputs.sort(key=lambda c: c.index)
-        failed = [out for out in results.values() if out.error]
-        if failed:
-            raise RuntimeError(f"{len(failed)} of {len(ids)} request(s) failed inside the "
-                               f"engine; first: {failed[0].error}")
         return [results[i] for i in ids]
 
     def _tokenize_prompt(self, prompt: Prompt) -> tuple[str | None, list[int]]:
         if isinstance(prompt, str):
             token_ids = self.tokenizer.encode(prompt)
             text: str | None = prompt
-        elif isinstance(prompt, (list, tuple)) and all(
-                isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        elif is_token_ids(prompt):
             token_ids, text = list(prompt), None
         else:
             raise ValueError("a prompt must be a string or a list of token ids, got "
@@ -648,7 +656,7 @@ class Engine:
         """Prefix-cache entries are valid only for the weights that computed them."""
         if seq.lora_name is None:
             return (self._base_version, None, None)
-        return (self._base_version, seq.lora_name, self.adapters[seq.lora_name].version)
+        return (self._base_version, seq.lora_name, self.adapters[seq.lora_name].load_id)
 
     def _num_kv_blocks(self) -> int:
         c = self.config
@@ -674,50 +682,15 @@ def _eos_token_ids(path: str, tokenizer, hf_config) -> set[int]:
     return ids
 
 
-def _as_prompt_list(prompts: Prompt | list[Prompt]) -> list[Prompt]:
-    if isinstance(prompts, str):
-        return [prompts]
-    if isinstance(prompts, (list, tuple)) and prompts and all(
-            isinstance(t, int) for t in prompts):
-        return [list(prompts)]  # one prompt of token ids
-    if not isinstance(prompts, (list, tuple)) or not prompts:
-        raise ValueError("prompts must be a string, a list of token ids, or a non-empty list "
-                         "of those")
-    return list(prompts)
+def _raise_failures(outs: list[RequestOutput]) -> list[RequestOutput]:
+    """Scores have no partial answer: a request that failed fails the call."""
+    failed = [out for out in outs if out.error]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(outs)} request(s) failed inside the "
+                           f"engine; first: {failed[0].error}")
+    return outs
 
 
-def _as_params_list(params: SamplingParams | SequenceABC[SamplingParams] | None,
-                    count: int) -> list[SamplingParams]:
-    if params is None or isinstance(params, SamplingParams):
-        return [params or SamplingParams()] * count
-    params = list(params)
-    if len(params) != count:
-        raise ValueError(f"got {len(params)} SamplingParams for {count} prompts")
-    return params
-
-
-def _merge(total: RequestOutput, delta: RequestOutput) -> None:
-    if delta.prompt_token_ids:
-        total.prompt, total.prompt_token_ids = delta.prompt, delta.prompt_token_ids
-    total.finished = delta.finished
-    total.error = delta.error or total.error
-    total.num_cached_tokens = delta.num_cached_tokens
-    if delta.prompt_logprobs is not None:
-        total.prompt_logprobs = delta.prompt_logprobs
-        total.prompt_top_logprobs = delta.prompt_top_logprobs
-    by_index = {c.index: c for c in total.outputs}
-    for d in delta.outputs:
-        c = by_index.get(d.index)
-        if c is None:
-            c = CompletionOutput(index=d.index, top_logprobs=[] if d.top_logprobs is not None
-                                 else None)
-            total.outputs.append(c)
-            by_index[d.index] = c
-        c.text += d.text
-        c.token_ids += d.token_ids
-        c.logprobs += d.logprobs
-        c.sampling_logprobs += d.sampling_logprobs
-        c.weight_versions += d.weight_versions
-        if d.top_logprobs is not None and c.top_logprobs is not None:
-            c.top_logprobs += d.top_logprobs
-        c.finish_reason, c.stop_reason = d.finish_reason, d.stop_reason
+def _take_rows(values: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """values[rows], without copying when that is all of them in order."""
+    return values if rows == list(range(len(values))) else values[rows]

@@ -67,8 +67,8 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch, samples: list[bool],
             adapters: dict[str, LoRAAdapter]) -> RunnerOutput:
-        """Forward the batch; `samples[i]` says whether batch.seqs[i] samples a token."""
-        self.copy_blocks(batch.block_copies)
+        """Forward the batch; `samples[i]` says whether batch.seqs[i] samples a token.
+        `batch.block_copies` must have been run first (`copy_blocks`)."""
         input_ids, positions, slots = [], [], []
         prefills, decodes = [], []  # decodes: (row, block table, context length)
         sample_rows, sample_seqs, prompt_rows = [], [], {}

@@ -38,6 +38,12 @@ class SamplerOutput:
     logprobs: list[float]
     sampling_logprobs: list[float]
     top_logprobs: list[dict[int, float] | None]
+    # Per row: why it could not be sampled (its other fields are then meaningless), or None.
+    errors: list[str | None]
+
+
+NOT_FINITE = "the model's logits are NaN or infinite"
+ALL_EXCLUDED = "every token is excluded (stop/EOS ids banned until min_tokens, and prefix_choices)"
 
 
 def noise_seed(seed: int, index: int, position: int) -> int:
@@ -46,16 +52,17 @@ def noise_seed(seed: int, index: int, position: int) -> int:
 
 
 def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
-    """logits: [N, vocab] fp32, one row per entry of `rows`."""
+    """logits: [N, vocab] fp32, one row per entry of `rows`. A row with nothing to sample
+    gets an entry in `errors` (rather than an out-of-range token); the others are sampled."""
     temps = torch.tensor([r.temperature if r.temperature > 0 else 1.0 for r in rows],
                          dtype=torch.float32, device=logits.device)
     scaled = logits / temps[:, None]
     logprobs = torch.log_softmax(scaled, dim=-1)
     processed = _truncate(_ban(scaled, rows), rows)
-    _check_samplable(processed)
     sampling_logprobs = torch.log_softmax(processed, dim=-1)
     chosen = processed.argmax(dim=-1)
-    sampled = [i for i, r in enumerate(rows) if r.temperature > 0]
+    errors = _row_errors(processed.gather(1, chosen[:, None]).squeeze(1))
+    sampled = [i for i, r in enumerate(rows) if r.temperature > 0 and errors[i] is None]
     if sampled:
         idx = torch.tensor(sampled, device=logits.device)
         chosen[idx] = _inverse_cdf(sampling_logprobs[idx], [rows[i] for i in sampled])
@@ -66,19 +73,19 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
         logprobs=logprobs.gather(1, picked).squeeze(1).tolist(),
         sampling_logprobs=sampling_logprobs.gather(1, picked).squeeze(1).tolist(),
         top_logprobs=top,
+        errors=errors,
     )
 
 
-def _check_samplable(processed: torch.Tensor) -> None:
-    """Refuse rows with nothing to sample rather than return an out-of-range token."""
-    broken = (torch.isnan(processed) | (processed == float("inf"))).any(dim=-1)
-    empty = (processed == float("-inf")).all(dim=-1)
-    bad = (broken | empty).nonzero().flatten().tolist()
-    if bad:
-        reason = ("the model's logits are NaN or infinite" if broken[bad[0]] else
-                  "every token is excluded (stop/EOS ids banned until min_tokens, "
-                  "and prefix_choices)")
-        raise ValueError(f"cannot sample row(s) {bad}: {reason}")
+def _row_errors(best: torch.Tensor) -> list[str | None]:
+    """From each row's largest processed logit (argmax picks a NaN or +inf when a row has
+    one, and -inf only when every token is excluded): which rows cannot be sampled."""
+    bad = ~torch.isfinite(best)
+    if not bad.any():
+        return [None] * len(best)
+    excluded = best == float("-inf")
+    return [None if not b else ALL_EXCLUDED if e else NOT_FINITE
+            for b, e in zip(bad.tolist(), excluded.tolist(), strict=True)]
 
 
 def _ban(scaled: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:

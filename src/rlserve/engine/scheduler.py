@@ -45,6 +45,11 @@ class Scheduler:
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
 
+    @property
+    def num_waiting_sequences(self) -> int:
+        """Waiting sequences, counting the forks an n > 1 parent will make once admitted."""
+        return sum(1 + seq.num_forks for seq in self.waiting)
+
     def schedule(self, admit: bool = True) -> ScheduledBatch:
         """The next batch; with admit=False no waiting sequence starts (draining)."""
         batch = ScheduledBatch()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from enum import Enum
 
 from rlserve.sampling_params import SamplingParams
@@ -38,6 +39,8 @@ class Sequence:
         self.num_cached_tokens = 0  # prompt tokens served by the prefix cache
         self.block_table: list[int] = []
         self.block_hashes: list[bytes] = []
+        # (cache key, hashes of its full blocks under that key): see BlockManager._hash_chain
+        self.hash_chain: tuple[Hashable, list[bytes]] = (None, [])
         self.status = SequenceStatus.WAITING
         self.num_forks = 0
         self.score_only = False  # finish after the prefill, sampling nothing
@@ -92,6 +95,7 @@ class Sequence:
         child.num_cached_tokens = self.num_cached_tokens
         child.block_table = list(self.block_table)
         child.block_hashes = list(self.block_hashes)
+        child.hash_chain = (self.hash_chain[0], list(self.hash_chain[1]))
         child.status = self.status
         return child
 

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from rlserve.models.llama import LlamaModel
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+PEFT_DEFAULT_LORA_ALPHA = 8  # peft.LoraConfig().lora_alpha (peft 0.21)
 _KEY = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])(?:\.[\w-]+)?\.weight$")
 
 
@@ -34,6 +35,7 @@ class LoRAAdapter:
     # (layer, target) -> (A [r, in], B [out, r])
     weights: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = field(repr=False)
     version: int = 0
+    load_id: int = 0  # which load it was: what its prefix-cache entries are keyed by
 
 
 # Which rows of the batch use which adapter, for one forward pass.
@@ -49,15 +51,13 @@ def load_adapter(name: str, path: str | Path, model: LlamaModel) -> LoRAAdapter:
                          "adapter_model.safetensors)")
     try:
         config = json.loads(config_file.read_text())
+    except Exception as e:
+        raise ValueError(f"cannot read adapter {path}: {e}") from e
+    rank, scale = check_adapter_config(name, config)  # before reading the (large) weights
+    try:
         tensors = load_file(str(weights_file))
     except Exception as e:
         raise ValueError(f"cannot read adapter {path}: {e}") from e
-    rank, scale = _rank_and_scale(name, config)
-    for key in ("rank_pattern", "alpha_pattern"):
-        if config.get(key):
-            raise ValueError(f"adapter {name}: per-module {key} is not supported")
-    if config.get("use_dora"):
-        raise ValueError(f"adapter {name}: DoRA adapters are not supported")
     pairs = _pair_tensors(name, tensors)
     dtype, device = model.embed_tokens.weight.dtype, model.embed_tokens.weight.device
     shapes = _target_shapes(model)
@@ -74,16 +74,22 @@ def load_adapter(name: str, path: str | Path, model: LlamaModel) -> LoRAAdapter:
     return LoRAAdapter(name=name, rank=rank, scale=scale, weights=weights)
 
 
-def _rank_and_scale(name: str, config: object) -> tuple[int, float]:
-    """(r, scale) from an adapter config; ValueError unless r is a positive int and
-    lora_alpha a finite number."""
+def check_adapter_config(name: str, config: object) -> tuple[int, float]:
+    """(r, scale) from a parsed adapter_config.json; ValueError naming the problem unless r
+    is a positive int, lora_alpha a finite number, and no unsupported feature is on.
+    A missing lora_alpha is PEFT's `LoraConfig` default, 8."""
     if not isinstance(config, dict):
         raise ValueError(f"adapter {name}: adapter_config.json must hold a JSON object")
-    rank, alpha = config.get("r"), config.get("lora_alpha", config.get("r"))
+    rank, alpha = config.get("r"), config.get("lora_alpha", PEFT_DEFAULT_LORA_ALPHA)
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise ValueError(f"adapter {name}: r must be a positive integer, got {rank!r}")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
         raise ValueError(f"adapter {name}: lora_alpha must be a finite number, got {alpha!r}")
+    for key in ("rank_pattern", "alpha_pattern"):
+        if config.get(key):
+            raise ValueError(f"adapter {name}: per-module {key} is not supported")
+    if config.get("use_dora"):
+        raise ValueError(f"adapter {name}: DoRA adapters are not supported")
     scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
     return rank, float(scale)
 

@@ -17,7 +17,7 @@ from rlserve.rl.tir import (
     missing_code_message,
     output_block,
 )
-from rlserve.rl.tokens import encode, encode_with_offsets, label_tokens
+from rlserve.rl.tokens import decode, encode, encode_with_offsets, label_tokens
 from rlserve.rl.trajectory import Trajectory
 from rlserve.sampling_params import SamplingParams
 from rlserve.sandbox import Sandbox
@@ -40,9 +40,9 @@ class CodeOutput:
 
 class TIRMode:
     """One assistant turn interleaving generation and sandboxed code runs. The end
-    marker stops generation as a stop string (kept in the output), and also as a stop
-    token id when it is one token: a model may spell it either way. A round that stopped
-    with text ending in the marker counts too, whatever stop reason the generator gave."""
+    marker stops generation as a stop string, and also as a stop token id when it is one
+    token: a model may spell it either way. A round that stopped with text ending in the
+    marker counts too, whatever stop reason the generator gave."""
 
     def __init__(self, tokenizer: Any, config: TIRConfig, sandbox: Sandbox) -> None:
         self.tokenizer = tokenizer
@@ -50,23 +50,28 @@ class TIRMode:
         self.sandbox = sandbox
         end_ids = encode(tokenizer, config.end)
         self.end_id = end_ids[0] if len(end_ids) == 1 else None
+        self.special_ids = frozenset(getattr(tokenizer, "all_special_ids", ()))
 
     def turn_params(self, params: SamplingParams) -> SamplingParams:
         stop_ids = list(params.stop_token_ids)
         if self.end_id is not None and self.end_id not in stop_ids:
             stop_ids.append(self.end_id)
-        stop = (
-            [*params.stop, self.config.end]
-            if self.config.end not in params.stop
-            else list(params.stop)
+        stop = list(params.stop)
+        if self.config.end not in stop:
+            stop.append(self.config.end)
+        # The rounds are read from token ids, which cover a matched stop string anyway;
+        # only a marker that is no single token is asked to stay in the text as well, as
+        # it always was, and the caller's own stop strings keep the caller's setting.
+        keep_stop = params.include_stop_str_in_output or self.end_id is None
+        return replace(
+            params, stop=stop, stop_token_ids=stop_ids, include_stop_str_in_output=keep_stop
         )
-        return replace(params, stop=stop, stop_token_ids=stop_ids, include_stop_str_in_output=True)
 
     def after_generation(self, traj: Trajectory, sample: Sample) -> CodeRun | None:
         text = sampled_text(self.tokenizer, sample, keep_last=True)
         at_marker = self._stopped_at_marker(sample, text)
-        if not at_marker:
-            text = sampled_text(self.tokenizer, sample)
+        if not at_marker and sample.ends_with_stop_token:
+            text = self._without_last_token(sample.token_ids, text)
         if traj.num_turns == 1:  # the first round opens the assistant turn
             traj.messages.append({"role": "assistant", "content": ""})
             traj.template_messages.append({"role": "assistant", "content": ""})
@@ -107,3 +112,15 @@ class TIRMode:
         # The generator stopped without naming the marker (a server that reports no stop
         # reason), or the marker came as ordinary tokens that end the text.
         return text.endswith(self.config.end)
+
+    def _without_last_token(self, token_ids: list[int], text: str) -> str:
+        """`text` (all of `token_ids` decoded) without the last token's text. A special
+        token (EOS, end of turn) decodes alone to exactly the text it ends `text` with;
+        other tokens may not (byte pieces, leading-space rules), so then the rest is
+        decoded again."""
+        last = token_ids[-1]
+        if last in self.special_ids:
+            piece = decode(self.tokenizer, [last])
+            if piece and text.endswith(piece):
+                return text[: len(text) - len(piece)]
+        return decode(self.tokenizer, token_ids[:-1])

@@ -141,7 +141,10 @@ class SandboxResult:
     syntax error), ``timeout`` (wall-clock or CPU limit), ``memory`` (MemoryError or the
     address-space limit), ``output_limit`` (stdout or stderr over the cap; the run was killed)
     and ``sandbox_error`` (the sandbox itself failed, or the run was killed from outside
-    the sandbox: an infrastructure error, not the code's). ``state_lost`` is set on session calls
+    the sandbox: an infrastructure error, not the code's). A run killed by a SIGKILL that
+    none of the limits sent is run again to tell that from code that kills itself: if the
+    rerun dies the same way it is an ``error``. A session cannot be rerun, so such a kill
+    of its interpreter is an ``error`` too. ``state_lost`` is set on session calls
     whose interpreter state is gone: the call that killed it, and the first call served by the
     fresh interpreter.
     """

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from rlserve.sandbox.classify import OUTSIDE_KILL_NOTE, classify, sigkill_cause
+from rlserve.sandbox.classify import blame_the_code, classify_ending, killed_from_outside
 from rlserve.sandbox.config import SandboxResult
 from rlserve.sandbox.launcher import Launcher
 from rlserve.sandbox.limits import cpu_soft_limit
@@ -16,7 +16,23 @@ SCRIPT_NAME = "main.py"
 
 
 def run_snippet(launcher: Launcher, code: str, timeout: float, uid: int | None) -> SandboxResult:
-    """Execute ``code`` once; never raises for problems of the snippet or the sandbox."""
+    """Execute ``code``; never raises for problems of the snippet or the sandbox.
+
+    A run killed by a SIGKILL none of the sandbox's limits sent is run once more: code that
+    kills itself dies the same way again and gets ``error`` (else it could pass its own
+    failure off as an infrastructure error); otherwise the first run's ``sandbox_error``
+    stands.
+    """
+    first = _run_once(launcher, code, timeout, uid)
+    if not killed_from_outside(first):
+        return first
+    second = _run_once(launcher, code, timeout, uid)
+    result = blame_the_code(second) if killed_from_outside(second) else first
+    result.duration_s = round(first.duration_s + second.duration_s, 4)
+    return result
+
+
+def _run_once(launcher: Launcher, code: str, timeout: float, uid: int | None) -> SandboxResult:
     started = time.monotonic()
     try:
         workdir = make_workdir(launcher.config.workdir_root, uid)
@@ -60,11 +76,11 @@ def _execute(
         cpu_used_s = launcher.reap(proc, uid)
     stderr = err.text()
     exit_code = launcher.plan.exit_code(proc.returncode)
-    sigkill = sigkill_cause(reason, exit_code, cpu_used_s, cpu_soft_limit(cpu_s))
-    if sigkill == "outside":
-        stderr += OUTSIDE_KILL_NOTE
+    status, stderr = classify_ending(
+        reason, exit_code, stderr, cpu_used_s, cpu_soft_limit(cpu_s), rerunnable=True
+    )
     return SandboxResult(
-        status=classify(reason, exit_code, stderr, sigkill=sigkill),
+        status=status,
         stdout=out.text(),
         stderr=stderr,
         truncated=out.overflow or err.overflow,

@@ -29,8 +29,9 @@ class Sandbox:
     (``max_concurrency``). With ``session_id`` the code runs in a persistent interpreter.
     As root, the uids it runs code as are leased for its lifetime (see
     :mod:`rlserve.sandbox.uids`), so any number of sandboxes, in any processes, can share a
-    machine. A sandbox belongs to the process that created it: a forked child must make
-    its own.
+    machine. A sandbox belongs to the process that created it: in a forked child ``run``,
+    ``arun`` and ``close_session`` raise RuntimeError, and ``close`` (and the clean-up at
+    exit) does nothing, so the child never stops the parent's sessions or runs.
     """
 
     def __init__(self, config: SandboxConfig | None = None) -> None:
@@ -48,7 +49,9 @@ class Sandbox:
             max_workers=self.config.max_concurrency + self.config.max_sessions,
             thread_name_prefix="rlserve-sandbox",
         )
-        self._finalizer = weakref.finalize(self, _shutdown, self._sessions, self._executor, lease)
+        self._finalizer = weakref.finalize(
+            self, _shutdown, self._pid, self._sessions, self._executor, lease
+        )
 
     @property
     def isolation(self) -> str:
@@ -74,11 +77,6 @@ class Sandbox:
         sandbox is reported in the result instead.
         """
         timeout = self._validate(code, timeout, session_id)
-        if os.getpid() != self._pid:
-            raise RuntimeError(
-                "this Sandbox was created in another process (before a fork); "
-                "create a new one in this process"
-            )
         if session_id is None:
             with self._slots.slot() as index:
                 return run_snippet(self._launcher, code, timeout, self._launcher.uid_for(index))
@@ -100,10 +98,12 @@ class Sandbox:
 
     def close_session(self, session_id: str) -> bool:
         """Stop a session's interpreter; False if there was no such session."""
+        self._check_process()
         return self._sessions.close(session_id)
 
     def close(self) -> None:
-        """Stop all sessions and the worker threads."""
+        """Stop all sessions and the worker threads (nothing in a forked child: what it
+        would stop is the parent's)."""
         self._finalizer()
 
     def __enter__(self) -> Sandbox:
@@ -112,7 +112,15 @@ class Sandbox:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _check_process(self) -> None:
+        if os.getpid() != self._pid:
+            raise RuntimeError(
+                "this Sandbox was created in another process (before a fork); "
+                "create a new one in this process"
+            )
+
     def _validate(self, code: object, timeout: float | None, session_id: object) -> float:
+        self._check_process()
         if not isinstance(code, str):
             raise ValueError(f"code must be a string, got {type(code).__name__}")
         if len(code) > self.config.max_code_chars:
@@ -146,7 +154,13 @@ def _detect_with_uids(cfg: SandboxConfig) -> tuple[IsolationPlan, UidLease | Non
     return plan, lease
 
 
-def _shutdown(sessions: SessionPool, executor: ThreadPoolExecutor, lease: UidLease | None) -> None:
+def _shutdown(
+    owner_pid: int, sessions: SessionPool, executor: ThreadPoolExecutor, lease: UidLease | None
+) -> None:
+    # A forked child inherits this finalizer (and runs it at exit): the sessions, threads
+    # and uids are the parent's, so the child must leave them alone.
+    if os.getpid() != owner_pid:
+        return
     sessions.close_all()
     executor.shutdown(wait=False)
     if lease is not None:

@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from rlserve.sandbox.classify import OUTSIDE_KILL_NOTE, classify, sigkill_cause
+from rlserve.sandbox.classify import classify, classify_ending
 from rlserve.sandbox.config import SandboxResult
 from rlserve.sandbox.launcher import Launcher
 from rlserve.sandbox.limits import cpu_soft_limit
@@ -182,13 +182,13 @@ class Session:
         if truncated:
             reason = "overflow"
         elif reason not in ("deadline", "overflow"):
-            reason = "eof"
+            reason = "eof" if died_first else "killed"
         cpu_limit_s = cpu_soft_limit(self.launcher.config.session_cpu_time_s)
-        sigkill = sigkill_cause(reason, returncode, cpu_used_s, cpu_limit_s) if died_first else None
-        if sigkill == "outside":
-            stderr += OUTSIDE_KILL_NOTE
+        status, stderr = classify_ending(
+            reason, returncode, stderr, cpu_used_s, cpu_limit_s, rerunnable=False
+        )
         return SandboxResult(
-            status=classify(reason, returncode, stderr, sigkill=sigkill),
+            status=status,
             stdout=out.text(),
             stderr=stderr,
             truncated=truncated,

@@ -55,20 +55,25 @@ def lease_uids(count: int, first: int, pool_size: int, lock_dir: str | None = No
     directory = _checked_lock_dir(lock_dir or default_lock_dir())
     uids: list[int] = []
     fds: list[int] = []
+    with_accounts = held = 0
     try:
         for uid in range(first, first + pool_size):
             if len(uids) == count:
                 break
             if _has_account(uid):
-                continue  # a real user or group: never run snippets as it, never kill it
+                with_accounts += 1  # a real user or group: never run snippets as it, nor kill it
+                continue
             fd = _try_lock(directory, uid)
-            if fd is not None:
+            if fd is None:
+                held += 1
+            else:
                 uids.append(uid)
                 fds.append(fd)
         if len(uids) < count:
             raise UidsUnavailable(
                 f"only {len(uids)} of the {count} sandbox uids needed are free in "
-                f"{first}..{first + pool_size - 1} (the others are held by live sandboxes); "
+                f"{first}..{first + pool_size - 1} ({held} held by live sandboxes, "
+                f"{with_accounts} skipped for having a passwd or group entry); "
                 "raise uid_pool_size or lower max_concurrency / max_sessions"
             )
     except BaseException:
@@ -112,12 +117,18 @@ def _checked_lock_dir(path: str) -> str:
 def _try_lock(directory: str, uid: int) -> int | None:
     """An open descriptor holding the exclusive lock of ``uid``, or None if it is taken."""
     path = os.path.join(directory, f"{uid}.lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:  # too many open files, a link or a directory in its place...
+        raise UidsUnavailable(f"cannot open the sandbox uid lock file {path}: {exc}") from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         return None
+    except OSError as exc:
+        os.close(fd)
+        raise UidsUnavailable(f"cannot lock the sandbox uid lock file {path}: {exc}") from exc
     except BaseException:
         os.close(fd)
         raise

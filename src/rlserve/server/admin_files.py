@@ -1,30 +1,22 @@
-"""Safe file handling for the admin routes: paths under `--weights-dir`, size-limited
-request bodies, multipart uploads and zip archives (no `..`, no links out, no bombs)."""
+"""Safe file handling for the admin routes: paths under `--weights-dir`, adapter configs,
+multipart uploads and zip archives (no `..`, no links out, no bombs)."""
 
 from __future__ import annotations
 
 import email.parser
 import email.policy
 import json
-import math
 import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from fastapi import Request
+from rlserve.models import lora
+from rlserve.server.body_limits import too_large
+from rlserve.server.errors import APIError, shown
 
-from rlserve.server.errors import APIError
-
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 MAX_PATH_CHARS = 1024  # far beyond any real checkpoint path; longer is an error, not a path
 MAX_NAME_CHARS = 255  # one path component (the usual file-system limit)
 MAX_CONFIG_BYTES = 2**20
-
-
-def shown(value: Any, limit: int = 80) -> str:
-    """`repr(value)`, cut to `limit` characters (error messages echo what was sent)."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def path_under(weights_dir: str | None, given: Any, param: str) -> Path:
@@ -64,8 +56,8 @@ def path_under(weights_dir: str | None, given: Any, param: str) -> Path:
 
 
 def check_adapter_config(folder: Path, origin: str) -> None:
-    """400 unless `folder`'s adapter_config.json is a JSON object with a positive integer
-    `r` and a finite `lora_alpha` (what the engine's loader divides by and scales with)."""
+    """400 unless `folder`'s adapter_config.json is a small JSON file the engine's loader
+    accepts (`lora.check_adapter_config`), checked before anything is handed to the engine."""
     config_file = folder / "adapter_config.json"
     if not config_file.is_file():
         raise APIError(400, f"{origin} has no adapter_config.json")
@@ -75,24 +67,10 @@ def check_adapter_config(folder: Path, origin: str) -> None:
         config = json.loads(config_file.read_bytes())
     except (ValueError, RecursionError) as exc:
         raise APIError(400, f"the adapter_config.json of {origin} is not valid JSON") from exc
-    if not isinstance(config, dict):
-        raise APIError(
-            400,
-            f"the adapter_config.json of {origin} must be a JSON object, got "
-            f"a {type(config).__name__}",
-        )
-    rank, alpha = config.get("r"), config.get("lora_alpha", 1)
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise APIError(
-            400,
-            f"the adapter_config.json of {origin}: r must be a positive integer, got {shown(rank)}",
-        )
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
-        raise APIError(
-            400,
-            f"the adapter_config.json of {origin}: lora_alpha must be a "
-            f"finite number, got {shown(alpha)}",
-        )
+    try:
+        lora.check_adapter_config(origin, config)
+    except ValueError as exc:
+        raise APIError(400, str(exc)) from exc
 
 
 def form_fields(parts: list[tuple[str, str | None, bytes]]) -> dict[str, str]:
@@ -105,23 +83,6 @@ def form_fields(parts: list[tuple[str, str | None, bytes]]) -> dict[str, str]:
             except UnicodeDecodeError as exc:
                 raise APIError(400, f"form field {shown(name)} is not UTF-8 text", name) from exc
     return fields
-
-
-def too_large(limit: int, what: str) -> APIError:
-    return APIError(413, f"{what} is larger than the server's limit of {limit} bytes")
-
-
-async def read_limited(request: Request, limit: int, what: str) -> bytearray:
-    """The request body, read as it streams in; 413 as soon as it passes `limit` bytes."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise too_large(limit, what)
-    data = bytearray()
-    async for chunk in request.stream():
-        data += chunk
-        if len(data) > limit:
-            raise too_large(limit, what)
-    return data
 
 
 def parse_multipart(content_type: str, body: bytes) -> list[tuple[str, str | None, bytes]]:
@@ -166,11 +127,11 @@ def extract_zip(archive: Path, dest: Path, limit: int) -> None:
             for member in members:
                 parts = PurePosixPath(member.filename.replace("\\", "/"))
                 if parts.is_absolute() or ".." in parts.parts or ":" in member.filename:
-                    raise APIError(400, f"zip member {member.filename!r} escapes the archive")
+                    raise APIError(400, f"zip member {shown(member.filename)} escapes the archive")
                 if (member.external_attr >> 16) & 0o170000 == 0o120000:
-                    raise APIError(400, f"zip member {member.filename!r} is a link")
+                    raise APIError(400, f"zip member {shown(member.filename)} is a link")
             if sum(m.file_size for m in members) > limit:
-                raise too_large(limit, "the unpacked zip")
+                raise too_large(limit, "--max-upload-bytes", "the unpacked zip")
             zf.extractall(dest)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
         raise APIError(400, f"the uploaded zip cannot be unpacked: {type(exc).__name__}") from exc

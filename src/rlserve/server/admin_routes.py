@@ -1,9 +1,8 @@
 """RL admin routes: weight updates, LoRA adapters, pause/resume/abort, policy version.
 
 Every response carries the engine's `policy_version`, already visible in `/health` and
-`/metrics` when the response arrives. Access: `Authorization: Bearer <admin-key>`, or the
-`--api-key` when no admin key is set; with neither, only loopback clients (403 for
-others) unless `--allow-open-admin`. Paths are only read under `--weights-dir`.
+`/metrics` when the response arrives. Access: see `auth.admin_guard`. Paths are only read
+under `--weights-dir`; JSON bodies are strict and limited to `--max-request-bytes`.
 
 A weight update is checked (file read, every name/shape/dtype, the version) before
 anything is paused or aborted: a bad update is refused with 400 and no request loses its
@@ -12,26 +11,25 @@ output.
 The default adapter (what requests naming no model run on) is the `--adapter-path` one.
 Loading an adapter without `adapter_name` (seed 002's hot reload) makes it the policy: it
 replaces the default adapter in place (same model id, new weights), or becomes the
-default under its folder's name when there is none; either way the policy version
-advances. A named load adds a model id and leaves the default alone. Unloading the
-default adapter makes unnamed requests run on the base weights again.
+default when there is none, named after its folder (an upload: its zip), or "adapter"
+when that name is not usable; either way the policy version advances. A named load adds
+a model id and leaves the default alone. Unloading the default adapter makes unnamed
+requests run on the base weights again; unloading an adapter that requests still use is
+refused with 409.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import json
-import re
 import shutil
 import tempfile
-from collections.abc import Awaitable, Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
+from rlserve.models.loader import WeightItems, check_weights, read_safetensors
 from rlserve.server.admin_files import (
     MAX_NAME_CHARS,
     adapter_folder,
@@ -41,60 +39,16 @@ from rlserve.server.admin_files import (
     parse_multipart,
     path_under,
     plain_name,
-    read_limited,
-    shown,
 )
-from rlserve.server.config import ServerConfig, is_loopback
-from rlserve.server.errors import APIError
+from rlserve.server.admin_options import as_bool, as_mode, json_body, update_options
+from rlserve.server.auth import admin_guard
+from rlserve.server.body_limits import read_limited
+from rlserve.server.errors import APIError, shown
 from rlserve.server.safetensors_body import ReceiveBuffer, parse_safetensors, read_body
 from rlserve.server.state import ServerState
 
-UPDATE_MODES = ("keep", "wait", "abort")
-UPLOAD_DEFAULT_NAME = "adapter"  # a multi-file upload with no name and no default adapter
-_INT = re.compile(r"-?[0-9]{1,19}")
-_TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no")
-
-Guard = Callable[[Request], Awaitable[None]]
-
-
-def admin_guard(config: ServerConfig) -> Guard:
-    """The dependency guarding the admin routes: the admin key (or the API key) as bearer
-    token (401), else loopback clients only (403), else (`allow_open_admin`) nothing."""
-    key = config.admin_key or config.api_key
-    if key:
-        return _bearer_guard(key)
-    if config.allow_open_admin:
-        return _open_guard
-    return _loopback_guard
-
-
-def _bearer_guard(key: str) -> Guard:
-    expected = f"Bearer {key}".encode()
-
-    async def check(request: Request) -> None:
-        given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
-            raise APIError(
-                401,
-                "admin route: missing or wrong admin key "
-                "(send 'Authorization: Bearer <admin-key>')",
-            )
-
-    return check
-
-
-async def _open_guard(request: Request) -> None:
-    return None
-
-
-async def _loopback_guard(request: Request) -> None:
-    host = request.client.host if request.client else None
-    if not is_loopback(host):
-        raise APIError(
-            403,
-            "admin routes only answer loopback clients when the server has "
-            "no --admin-key or --api-key",
-        )
+FALLBACK_ADAPTER_NAME = "adapter"  # an unnamed new default whose folder name is not usable
+IN_USE = " is in use by "  # in the engine's ValueError for unloading an adapter in use
 
 
 def hide_server_paths(message: str, state: ServerState, folders: dict[str, str]) -> str:
@@ -120,95 +74,42 @@ async def engine_call(
     folders: dict[str, str] | None = None,
 ) -> Any:
     """Run `fn(engine)` on the engine thread (after `check(engine)`, in update `mode` when
-    given); the engine's ValueError/OSError/KeyError -> 400 without server paths."""
+    given); the engine's ValueError/OSError/KeyError -> 400 (409: see `_status_of`),
+    without server paths."""
     try:
         if mode is None:
             return await state.loop.call(fn, check=check)
         return await state.loop.update(fn, mode, check=check)
     except (ValueError, OSError, KeyError) as exc:
         message = hide_server_paths(str(exc).strip("'\""), state, folders or {})
-        raise APIError(400, message) from exc
+        raise APIError(_status_of(exc), message) from exc
+
+
+def _status_of(exc: Exception) -> int:
+    """409 when the call conflicts with running requests (an adapter in use), else 400."""
+    return 409 if isinstance(exc, ValueError) and IN_USE in str(exc) else 400
 
 
 def reply(state: ServerState, **fields: Any) -> JSONResponse:
-    return JSONResponse({**fields, "policy_version": state.loop.engine.policy_version})
+    """`fields` plus the published policy version (already in /health and /metrics)."""
+    return JSONResponse({**fields, "policy_version": state.policy_version})
 
 
-async def json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw.strip():
-        return {}
-    try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
-        raise APIError(400, f"malformed JSON body: {str(exc)[:200]}") from exc
-    if not isinstance(data, dict):
-        raise APIError(400, "the request body must be a JSON object")
-    return data
-
-
-def as_bool(value: Any, param: str) -> bool:
-    """A JSON boolean, or its spelling in a query string ("true"/"false", "1"/"0")."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
-        return value.lower() in _TRUE
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    raise APIError(400, f"{param} must be true or false, got {shown(value)}", param)
-
-
-def as_version(value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, str) and _INT.fullmatch(value):
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise APIError(400, f"version must be an integer, got {shown(value)}", "version")
-    return value
-
-
-def update_options(source: Any) -> tuple[int | None, str, bool]:
-    """(version, mode, recompute_kv) from a JSON body or the query string."""
-    mode = source.get("mode") or "keep"
-    if not isinstance(mode, str) or mode not in UPDATE_MODES:
-        raise APIError(400, f"mode must be one of {UPDATE_MODES}, got {shown(mode)}", "mode")
-    recompute = as_bool(source.get("recompute_kv", False), "recompute_kv")
-    return as_version(source.get("version")), mode, recompute
-
-
-def version_check(version: int | None) -> Callable[[Any], None]:
-    """Engine thread, before any pause or abort: `version` must move the policy forward."""
-
-    def check(engine: Any) -> None:
-        current = engine.policy_version
-        if version is not None and version <= current:
-            raise ValueError(
-                f"version must be an integer > the current policy version {current}, got {version}"
-            )
-
-    return check
-
-
-def checked_weights(state: ServerState, items: Any) -> Any:
+def checked_weights(state: ServerState, items: WeightItems) -> WeightItems:
     """`items` checked against the served model's names, shapes and dtypes (400)."""
     model = getattr(state.loop.engine, "model", None)
     if model is None or not hasattr(model, "hf_weight_targets"):
         return items  # an engine without a local model checks for itself
-    from rlserve.models.loader import check_weights
-
     try:
         return check_weights(model, items)
     except ValueError as exc:
         raise APIError(400, str(exc)) from exc
 
 
-def read_checked_weights(state: ServerState, path: Path, given: str) -> Any:
+def read_checked_weights(state: ServerState, path: Path) -> WeightItems:
     """Worker thread: the safetensors at `path` read into memory and checked (400)."""
-    from rlserve.models.loader import read_safetensors
-
     try:
-        items = read_safetensors(path, given)
+        items = read_safetensors(path)
     except ValueError as exc:
         raise APIError(400, hide_server_paths(str(exc), state, {})) from exc
     return checked_weights(state, items)
@@ -218,13 +119,28 @@ async def tensors_from_body(
     request: Request, limit: int, receive_buffer: ReceiveBuffer
 ) -> dict[str, Any]:
     """The safetensors state dict streamed in the body; 413 over `limit`, 400 if corrupt."""
-    body = await read_body(request, limit, "the weight update body", receive_buffer)
+    body = await read_body(
+        request, limit, "--max-update-bytes", "the weight update body", receive_buffer
+    )
     if not body.numel():
         raise APIError(400, "the request body is empty; send safetensors bytes")
     try:
         return parse_safetensors(body)
     except ValueError as exc:
         raise APIError(400, f"the body is not valid safetensors: {exc}") from exc
+
+
+async def commit_update(
+    state: ServerState, weights: WeightItems, version: int | None, mode: str, recompute: bool
+) -> int:
+    """Install checked `weights` on the engine thread, pausing/aborting per `mode` once
+    the version is known to be acceptable."""
+    return await engine_call(
+        state,
+        lambda e: e.update_weights(weights, version, recompute_kv=recompute),
+        mode,
+        check=lambda e: e.check_version(version),
+    )
 
 
 async def update_weights(state: ServerState, request: Request) -> JSONResponse:
@@ -237,24 +153,23 @@ async def update_weights(state: ServerState, request: Request) -> JSONResponse:
                 request, state.config.max_update_bytes, state.receive_buffer
             )
             weights = checked_weights(state, list(tensors.items()))
-            new = await engine_call(
-                state,
-                lambda e: e.update_weights(weights, version, recompute_kv=recompute),
-                mode,
-                check=version_check(version),
-            )
+            new = await commit_update(state, weights, version, mode, recompute)
     else:
-        body = await json_body(request)
+        body = await json_body(request, state.config.max_request_bytes)
         version, mode, recompute = update_options(body)
         path = path_under(state.config.weights_dir, body.get("path"), "path")
-        weights = await asyncio.to_thread(read_checked_weights, state, path, body["path"])
-        new = await engine_call(
-            state,
-            lambda e: e.update_weights(weights, version, recompute_kv=recompute),
-            mode,
-            check=version_check(version),
-        )
+        weights = await asyncio.to_thread(read_checked_weights, state, path)
+        new = await commit_update(state, weights, version, mode, recompute)
     return JSONResponse({"policy_version": new, "mode": mode})
+
+
+def name_problem(name: str, state: ServerState) -> str | None:
+    """Why `name` cannot be an adapter's model id (None: it can)."""
+    if len(name) > MAX_NAME_CHARS or not name.isprintable():
+        return f"must be printable and at most {MAX_NAME_CHARS} characters"
+    if name in (state.model_name, state.model_path):
+        return "is the base model's id"
+    return None
 
 
 def adapter_name(value: Any, state: ServerState) -> str | None:
@@ -265,54 +180,57 @@ def adapter_name(value: Any, state: ServerState) -> str | None:
         raise APIError(
             400, f"adapter_name must be a string, got a {type(value).__name__}", "adapter_name"
         )
-    if len(value) > MAX_NAME_CHARS or not value.isprintable():
-        raise APIError(
-            400,
-            f"adapter_name {shown(value)} must be printable and at most "
-            f"{MAX_NAME_CHARS} characters",
-            "adapter_name",
-        )
-    if value in (state.model_name, state.model_path):
-        raise APIError(400, f"adapter_name {shown(value)} is the base model's id", "adapter_name")
+    problem = name_problem(value, state)
+    if problem:
+        raise APIError(400, f"adapter_name {shown(value)} {problem}", "adapter_name")
     return value
+
+
+def fallback_name(candidate: str | None, state: ServerState) -> str:
+    """The name of an unnamed adapter that becomes the default when there is none: the
+    `candidate` its folder (or zip) suggests if usable, else FALLBACK_ADAPTER_NAME."""
+    if candidate and name_problem(candidate, state) is None:
+        return candidate
+    return FALLBACK_ADAPTER_NAME
 
 
 async def install_adapter(
     state: ServerState,
     folder: Path,
     name: str | None,
-    fallback: str,
+    candidate: str | None,
     origin: str,
     folders: dict[str, str] | None = None,
 ) -> JSONResponse:
     """Load the adapter in `folder` as `name`; with no name it becomes the policy (see the
-    module docstring) under the default adapter's name, or `fallback` when none."""
+    module docstring) under the default adapter's name, or `fallback_name(candidate)`."""
     check_adapter_config(folder, origin)
     as_policy = name is None
-    target = name or state.current_default_adapter() or fallback
+    async with state.adapter_lock:  # no other install may change the default meanwhile
+        target = name or state.current_default_adapter() or fallback_name(candidate, state)
 
-    def load(engine: Any) -> int:
-        return engine.load_lora(target, folder, new_policy=as_policy)
+        def load(engine: Any) -> int:
+            return engine.load_lora(target, folder, new_policy=as_policy)
 
-    version = await engine_call(state, load, folders=folders)
-    if as_policy:
-        state.default_adapter = target
+        version = await engine_call(state, load, folders=folders)
+        if as_policy:
+            state.default_adapter = target
+        is_default = target == state.current_default_adapter()
     return reply(
         state,
         status="success",
         message=f"Loaded adapter from {origin}",
         adapter_name=target,
         adapter_version=version,
-        default=target == state.current_default_adapter(),
+        default=is_default,
     )
 
 
 async def load_adapter(state: ServerState, request: Request) -> JSONResponse:
-    body = await json_body(request)
+    body = await json_body(request, state.config.max_request_bytes)
     name = adapter_name(body.get("adapter_name"), state)
     path = path_under(state.config.weights_dir, body.get("adapter_path"), "adapter_path")
-    fallback = adapter_name(path.name, state) or UPLOAD_DEFAULT_NAME
-    return await install_adapter(state, path, name, fallback, body["adapter_path"])
+    return await install_adapter(state, path, name, path.name, body["adapter_path"])
 
 
 def save_upload(parts: list[tuple[str, str | None, bytes]], dest: Path, limit: int) -> Path:
@@ -332,47 +250,48 @@ def save_upload(parts: list[tuple[str, str | None, bytes]], dest: Path, limit: i
     return adapter_folder(folder)
 
 
-def upload_fallback_name(parts: list[tuple[str, str | None, bytes]]) -> str:
-    """The name of an unnamed upload when there is no default adapter: the zip's stem."""
+def upload_candidate(parts: list[tuple[str, str | None, bytes]]) -> str | None:
+    """The name an unnamed upload suggests for itself: the stem of its one zip file."""
     files = [filename for _, filename, _ in parts if filename]
     if len(files) == 1 and files[0].lower().endswith(".zip"):
-        stem = PurePosixPath(files[0].replace("\\", "/")).name[: -len(".zip")]
-        if stem and stem.isprintable() and len(stem) <= MAX_NAME_CHARS:
-            return stem
-    return UPLOAD_DEFAULT_NAME
+        return PurePosixPath(files[0].replace("\\", "/")).name[: -len(".zip")]
+    return None
 
 
 async def upload_adapter(state: ServerState, request: Request) -> JSONResponse:
     limit = state.config.max_upload_bytes
-    data = await read_limited(request, limit, "the adapter upload")
+    data = await read_limited(request, limit, "--max-upload-bytes", "the adapter upload")
     parts = parse_multipart(request.headers.get("content-type", ""), bytes(data))
     name = adapter_name(form_fields(parts).get("adapter_name"), state)
-    fallback = upload_fallback_name(parts)
-    if fallback in (state.model_name, state.model_path):
-        fallback = UPLOAD_DEFAULT_NAME
     tmp = Path(tempfile.mkdtemp(prefix="rlserve-upload-"))
     try:
         folder = save_upload(parts, tmp, limit)
+        candidate = upload_candidate(parts)
         return await install_adapter(
-            state, folder, name, fallback, "the upload", folders={str(tmp): "<upload>"}
+            state, folder, name, candidate, "<upload>", folders={str(tmp): "<upload>"}
         )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # the engine holds the tensors in memory
 
 
 async def unload_adapter(state: ServerState, request: Request) -> JSONResponse:
-    name = adapter_name((await json_body(request)).get("adapter_name"), state)
+    body = await json_body(request, state.config.max_request_bytes)
+    name = adapter_name(body.get("adapter_name"), state)
     if name is None:
         raise APIError(400, "unload_adapter needs an adapter_name", "adapter_name")
-    await engine_call(state, lambda e: e.unload_lora(name))
-    if name == state.default_adapter:
-        state.default_adapter = None  # unnamed requests run on the base weights again
-    return reply(state, adapter_name=name)
+    async with state.adapter_lock:
+        await engine_call(state, lambda e: e.unload_lora(name))
+        if name == state.default_adapter:
+            state.default_adapter = None  # unnamed requests run on the base weights again
+    return reply(
+        state, status="success", message=f"Unloaded adapter {shown(name)}", adapter_name=name
+    )
 
 
 def admin_router(state: ServerState) -> APIRouter:
     """The admin routes bound to `state`, guarded as `admin_guard` says."""
     router = APIRouter(dependencies=[Depends(admin_guard(state.config))])
+    limit = state.config.max_request_bytes
 
     @router.post("/update_weights")
     async def update_weights_route(request: Request) -> JSONResponse:
@@ -392,28 +311,26 @@ def admin_router(state: ServerState) -> APIRouter:
 
     @router.post("/pause")
     async def pause_route(request: Request) -> JSONResponse:
-        mode = (await json_body(request)).get("mode", "keep")
-        if not isinstance(mode, str) or mode not in UPDATE_MODES:
-            raise APIError(400, f"mode must be one of {UPDATE_MODES}, got {shown(mode)}", "mode")
+        mode = as_mode((await json_body(request, limit)).get("mode"))
         await state.loop.pause(mode)
         return reply(state, paused=mode)
 
     @router.post("/resume")
     async def resume_route(request: Request) -> JSONResponse:
-        body = await json_body(request)
+        body = await json_body(request, limit)
         recompute = as_bool(body.get("recompute_kv", False), "recompute_kv")
         await state.loop.resume(recompute_kv=recompute)
-        return reply(state, paused=state.loop.engine.paused)
+        return reply(state, paused=state.paused)
 
     @router.post("/abort")
     async def abort_route(request: Request) -> JSONResponse:
-        request_id = (await json_body(request)).get("request_id")
+        request_id = (await json_body(request, limit)).get("request_id")
         if request_id is not None and not isinstance(request_id, str):
             raise APIError(400, "request_id must be a string", "request_id")
         return reply(state, aborted=await state.loop.abort_requests(request_id))
 
     @router.get("/policy_version")
     async def policy_version_route() -> JSONResponse:
-        return reply(state, paused=state.loop.engine.paused)
+        return reply(state, paused=state.paused)
 
     return router

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI
 
 from rlserve.server.admin_routes import admin_router
+from rlserve.server.auth import bearer_guard
 from rlserve.server.config import ServerConfig
 from rlserve.server.engine_loop import EngineLoop
-from rlserve.server.errors import APIError, install_error_handlers
+from rlserve.server.errors import install_error_handlers
 from rlserve.server.logprob_format import TokenRenderer
 from rlserve.server.metrics import MetricsMiddleware, ServerMetrics
 from rlserve.server.openai_routes import openai_router
@@ -29,18 +29,6 @@ def load_tokenizer(model_path: str, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-
-
-def require_api_key(api_key: str) -> Callable[[Request], Awaitable[None]]:
-    """A dependency refusing requests without `Authorization: Bearer <api_key>` (401)."""
-    expected = f"Bearer {api_key}".encode()
-
-    async def check(request: Request) -> None:
-        given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
-            raise APIError(401, "missing or wrong API key (send 'Authorization: Bearer <key>')")
-
-    return check
 
 
 def build_state(engine: Any, config: ServerConfig, tokenizer: Any = None) -> ServerState:
@@ -85,7 +73,7 @@ def create_app(engine: Any, config: ServerConfig | None = None, tokenizer: Any =
     app.state.rlserve = state
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
-    guarded = [Depends(require_api_key(config.api_key))] if config.api_key else []
+    guarded = [Depends(bearer_guard(config.api_key, "API key"))] if config.api_key else []
     app.include_router(openai_router(state), dependencies=guarded)
     app.include_router(rl_router(state), dependencies=guarded)
     app.include_router(admin_router(state))

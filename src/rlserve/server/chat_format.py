@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from rlserve.chat_messages import chat_template_options, with_joined_text
 from rlserve.outputs import RequestOutput
 from rlserve.server.accumulate import PromptResult, Sample
 from rlserve.server.completions_format import results_usage, usage
-from rlserve.server.errors import APIError
+from rlserve.server.errors import APIError, shown
 from rlserve.server.logprob_format import chat_logprobs, prompt_logprobs_entries
 from rlserve.server.prompt_input import tokenize_chat_text
 from rlserve.server.protocol import ChatCompletionRequest
@@ -18,6 +20,13 @@ from rlserve.server.state import ServerState
 from rlserve.server.tool_calls import ToolCallFormat, check_request_tools, finish_reason
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")  # OpenAI's
+
+# Request-supplied templates render here, never on the default executor that tokenises
+# prompts and renders the server's own template: a looping one can hold at most these.
+REQUEST_TEMPLATE_WORKERS = 2
+_request_templates = ThreadPoolExecutor(
+    REQUEST_TEMPLATE_WORKERS, thread_name_prefix="rlserve-request-template"
+)
 
 
 def _bad_message(position: int, problem: str) -> APIError:
@@ -31,7 +40,7 @@ def _text_content(message: dict[str, Any], position: int) -> dict[str, Any]:
     if not isinstance(role, str):
         raise _bad_message(position, "needs a string 'role'")
     if role not in ROLES:
-        raise _bad_message(position, f"unknown role {role!r}; expected one of {list(ROLES)}")
+        raise _bad_message(position, f"unknown role {shown(role)}; expected one of {list(ROLES)}")
     content = message.get("content")
     if content is None:
         if role == "assistant" and (message.get("tool_calls") or message.get("function_call")):
@@ -43,23 +52,22 @@ def _text_content(message: dict[str, Any], position: int) -> dict[str, Any]:
         raise _bad_message(
             position, f"content must be a string or a list of parts, not {type(content).__name__}"
         )
-    texts = []
-    for part in content:
-        if not isinstance(part, dict) or part.get("type") != "text":
-            raise _bad_message(position, "only text content parts are supported")
-        if not isinstance(part.get("text"), str):
-            raise _bad_message(position, "a text content part needs a string 'text'")
-        texts.append(part["text"])
-    return {**message, "content": "".join(texts)}
+    try:
+        return with_joined_text(message, position)
+    except ValueError as exc:  # names messages[position], as _bad_message does
+        raise APIError(400, str(exc), param="messages") from exc
+
+
+def brings_template(req: ChatCompletionRequest) -> bool:
+    """Whether the request has its own chat template (a field or in chat_template_kwargs)."""
+    in_kwargs = (req.chat_template_kwargs or {}).get("chat_template") is not None
+    return req.chat_template is not None or in_kwargs
 
 
 def check_request_template(state: ServerState, req: ChatCompletionRequest) -> None:
     """Refuse a request's own chat template unless the server trusts them (vLLM's rule
     and message): a template is code, and a looping one would hold a worker forever."""
-    in_kwargs = (req.chat_template_kwargs or {}).get("chat_template") is not None
-    if (req.chat_template is not None or in_kwargs) and not (
-        state.config.trust_request_chat_template
-    ):
+    if brings_template(req) and not state.config.trust_request_chat_template:
         raise APIError(
             400,
             "Chat template is passed with request, but --trust-request-chat-template is not "
@@ -69,20 +77,14 @@ def check_request_template(state: ServerState, req: ChatCompletionRequest) -> No
 
 
 def _apply_template(state: ServerState, req: ChatCompletionRequest, messages: list) -> str:
-    options = dict(req.chat_template_kwargs or {})
-    if req.chat_template is not None:
-        options["chat_template"] = req.chat_template
-    if req.continue_final_message:
-        options["continue_final_message"] = True
-    options.update(
-        tools=req.tools,
-        tokenize=False,
-        add_generation_prompt=req.add_generation_prompt and not req.continue_final_message,
-    )
+    options = {**chat_template_options(vars(req)), "tokenize": False}
     try:
         text = state.tokenizer.apply_chat_template(messages, **options)
     except Exception as exc:  # template errors come in many types (jinja, ValueError, ...)
-        raise APIError(400, f"cannot apply the chat template: {exc}", "messages") from exc
+        # A template's raise_exception() may quote message content: keep the echo short.
+        raise APIError(
+            400, f"cannot apply the chat template: {shown(str(exc), 300)}", "messages"
+        ) from exc
     if not isinstance(text, str):
         raise APIError(400, "the chat template options must leave the prompt as text", "messages")
     return text
@@ -91,11 +93,16 @@ def _apply_template(state: ServerState, req: ChatCompletionRequest, messages: li
 async def render_prompt(state: ServerState, req: ChatCompletionRequest) -> tuple[str, list[int]]:
     """Text and token ids of the conversation under the model's chat template (tools
     included), tokenised the way `Engine.render_chat` does it. Rendering and tokenising
-    run in worker threads: neither a slow template nor a long text blocks the event loop."""
+    run in worker threads: neither a slow template nor a long text blocks the event loop,
+    and a request's own template cannot hold the workers that tokenise."""
     check_request_template(state, req)
     check_request_tools(req.tools)
     messages = [_text_content(m, i) for i, m in enumerate(req.messages)]
-    text = await asyncio.to_thread(_apply_template, state, req, messages)
+    render = functools.partial(_apply_template, state, req, messages)
+    if brings_template(req):
+        text = await asyncio.get_running_loop().run_in_executor(_request_templates, render)
+    else:
+        text = await asyncio.to_thread(render)
     return text, await tokenize_chat_text(state.tokenizer, text, state.max_model_len)
 
 

@@ -7,10 +7,15 @@ import contextlib
 import logging
 import signal
 import threading
+import time
 from collections.abc import Iterator
+from types import FrameType
 from typing import Any
 
+import uvicorn
+
 from rlserve.server.config import LOG_LEVELS, ServerConfig
+from rlserve.server.engine_loop import EngineLoop
 
 log = logging.getLogger("rlserve.server")
 
@@ -179,54 +184,70 @@ def main(argv: list[str] | None = None) -> int:
 
 def serve(app: Any, config: ServerConfig) -> None:
     """Run `app` under uvicorn until SIGTERM/SIGINT, then drain (see `DrainingServer`)."""
-    import uvicorn
-
     uv_config = uvicorn.Config(
         app,
         host=config.host,
         port=config.port,
         log_level=config.log_level.lower(),
-        # Longer than clients keep idle connections (httpx: 5 s), so a client never sends
-        # on a connection the server is closing at that moment.
+        # Longer than any client keeps an idle connection (httpx's default 5 s, rlserve's
+        # client 2 s), so the server never closes one a client is sending on.
         timeout_keep_alive=65,
-        # Only a backstop: the engine loop ends every request at the grace period.
-        timeout_graceful_shutdown=int(config.shutdown_grace_s) + 10,
+        # Uvicorn's exit starts once the drain is over; this only bounds the writing of
+        # the responses still in flight then.
+        timeout_graceful_shutdown=10,
     )
-    drain = app.state.rlserve.loop.close
-    draining_server(uvicorn.Server)(uv_config, lambda: drain(config.shutdown_grace_s)).run()
+    DrainingServer(uv_config, app.state.rlserve.loop, config.shutdown_grace_s).run()
 
 
-def draining_server(base: type) -> type:
-    """`uvicorn.Server` that, on the first SIGTERM/SIGINT, calls `on_signal` (stop
-    admitting, abort after the grace period) and then shuts down as usual, waiting for
-    the responses in flight. Unlike uvicorn it does not re-raise the signal afterwards,
-    so a clean drain exits with status 0. A second SIGINT still forces the exit."""
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server with a graceful drain on the first SIGTERM/SIGINT: the engine loop
+    stops admitting (`EngineLoop.close`), and the server keeps serving, so new requests
+    get a 503 in the error shape and /health says "shutting_down", until nothing is in
+    flight or `grace_s` passed (the loop aborts what is left then). Only then does
+    uvicorn's usual exit begin. A second signal exits at once (uvicorn's force exit).
+    Unlike uvicorn it does not re-raise the signal afterwards: a drain exits with 0.
 
-    class DrainingServer(base):  # type: ignore[misc, valid-type]
-        def __init__(self, uv_config: Any, on_signal: Any) -> None:
-            super().__init__(uv_config)
-            self._on_signal = on_signal
+    Written against uvicorn 0.54.0 internals: `handle_exit(sig, frame)` is the signal
+    handler `capture_signals()` installs, `should_exit`/`force_exit` are the flags it
+    sets, and `main_loop` calls `on_tick()` every 0.1 s and exits when it returns True.
+    """
 
-        def handle_exit(self, sig: int, frame: Any) -> None:
-            if not self.should_exit:
-                log.info("signal %d: refusing new requests, draining running ones", sig)
-                self._on_signal()
-            super().handle_exit(sig, frame)
+    def __init__(self, uv_config: uvicorn.Config, loop: EngineLoop, grace_s: float) -> None:
+        super().__init__(uv_config)
+        self._engine_loop = loop
+        self._grace_s = grace_s
+        self._drain_deadline: float | None = None  # set by the first signal
 
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            if threading.current_thread() is not threading.main_thread():
-                yield
-                return
-            handled = (signal.SIGINT, signal.SIGTERM)
-            original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
-            try:
-                yield
-            finally:
-                for sig, handler in original.items():
-                    signal.signal(sig, handler)
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._drain_deadline is not None or self.should_exit:
+            self.should_exit = self.force_exit = True
+            return
+        log.info(
+            "signal %d: refusing new requests (503), draining running ones for up to %g s",
+            sig,
+            self._grace_s,
+        )
+        self._drain_deadline = time.monotonic() + self._grace_s
+        self._engine_loop.close(self._grace_s)
 
-    return DrainingServer
+    async def on_tick(self, counter: int) -> bool:
+        if self._drain_deadline is not None and not self.should_exit:
+            drained = self._engine_loop.idle or not self._engine_loop.running
+            self.should_exit = drained or time.monotonic() >= self._drain_deadline
+        return await super().on_tick(counter)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        handled = (signal.SIGINT, signal.SIGTERM)
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

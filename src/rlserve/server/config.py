@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from rlserve.server.auth import is_loopback
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-
-
-def is_loopback(host: str | None) -> bool:
-    """Whether `host` (an address or "localhost") can only be reached from this machine."""
-    if not host:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False  # another host name: it may resolve to any interface
-    mapped = getattr(address, "ipv4_mapped", None)
-    return (mapped or address).is_loopback
+LIMITS = (  # the settings that must be positive integers
+    "max_batch",
+    "max_tokens",
+    "max_queue",
+    "max_upload_bytes",
+    "max_update_bytes",
+    "max_request_bytes",
+)
 
 
 @dataclass
@@ -31,8 +26,9 @@ class ServerConfig:
     `max_batch`: most sequences in one engine step (the engine's `max_num_seqs`).
     `flush_interval_ms`: the longest a request arriving at an idle engine waits for
     companions before the first step starts. `max_tokens`: default and upper limit of a
-    request's `max_tokens`. `max_queue`: requests allowed to wait for a batch slot; more
-    are refused with 429. `served_model_name`: the id of the base model in `/v1/models`.
+    request's `max_tokens`. `max_queue`: sequences allowed to wait for a batch slot (a
+    request counts each prompt `n` times); more are refused with 429. `served_model_name`:
+    the id of the base model in `/v1/models`.
     `adapter_path`: a PEFT LoRA adapter loaded at start-up under `adapter_name` (default:
     its folder's name); requests that name no model use it. `tool_call_parser`: the
     `rlserve.tools` format used to turn chat replies into `tool_calls` when a request
@@ -47,7 +43,7 @@ class ServerConfig:
     `weights_dir`: the only folder path-based updates and adapters are read from (None:
     path loading is refused). `max_upload_bytes` / `max_update_bytes`: body size limits of
     `/upload_adapter` and of a streamed `/update_weights`. `max_request_bytes`: body size
-    limit of the inference routes (`/v1/*`, `/generate`; more is refused with 413).
+    limit of the JSON bodies (`/v1/*`, `/generate`, the admin routes; more gets a 413).
     `trust_request_chat_template`: allow a chat request's own `chat_template` (refused by
     default, as vLLM does: a template is code that runs in the server).
     """
@@ -77,13 +73,13 @@ class ServerConfig:
     trust_request_chat_template: bool = False
 
     def __post_init__(self) -> None:
-        self.log_level = str(self.log_level).upper()
-        if self.log_level not in LOG_LEVELS:
-            raise ValueError(f"log_level must be one of {LOG_LEVELS}, got {self.log_level!r}")
-        if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be an integer in [0, 65535], got {self.port!r}")
-        for name in ("max_batch", "max_tokens", "max_queue", "max_upload_bytes",
-                     "max_update_bytes", "max_request_bytes"):
+        self._check_limits()
+        self._check_serving()
+        self._check_admin_access()
+        self._check_paths()
+
+    def _check_limits(self) -> None:
+        for name in LIMITS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -93,6 +89,20 @@ class ServerConfig:
             raise ValueError(f"max_logprobs must be >= 0, got {self.max_logprobs}")
         if not isinstance(self.flush_interval_ms, (int, float)) or self.flush_interval_ms < 0:
             raise ValueError(f"flush_interval_ms must be >= 0, got {self.flush_interval_ms!r}")
+        grace = self.shutdown_grace_s
+        if (
+            isinstance(grace, bool)
+            or not isinstance(grace, (int, float))
+            or not 0 <= grace < float("inf")
+        ):
+            raise ValueError(f"shutdown_grace_s must be a finite number >= 0, got {grace!r}")
+
+    def _check_serving(self) -> None:
+        self.log_level = str(self.log_level).upper()
+        if self.log_level not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {LOG_LEVELS}, got {self.log_level!r}")
+        if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be an integer in [0, 65535], got {self.port!r}")
         if not self.host:
             raise ValueError("host must be a non-empty address")
         if self.tool_call_parser is not None:
@@ -103,8 +113,10 @@ class ServerConfig:
                     f"tool_call_parser must be one of {sorted(PARSERS)} or None, "
                     f"got {self.tool_call_parser!r}"
                 )
-        if self.adapter_path and not self.adapter_name:
-            self.adapter_name = Path(self.adapter_path).expanduser().resolve().name or "adapter"
+        if not isinstance(self.trust_request_chat_template, bool):
+            raise ValueError("trust_request_chat_template must be a bool")
+
+    def _check_admin_access(self) -> None:
         if self.api_key is not None and not self.api_key:
             raise ValueError("api_key must be non-empty when given")
         if self.admin_key is not None and not self.admin_key:
@@ -115,15 +127,10 @@ class ServerConfig:
                 "(weight updates, adapters, pause/abort) have no key: set --admin-key (or "
                 "--api-key), or pass --allow-open-admin to leave them open to every client"
             )
-        grace = self.shutdown_grace_s
-        if (
-            isinstance(grace, bool)
-            or not isinstance(grace, (int, float))
-            or not 0 <= grace < float("inf")
-        ):
-            raise ValueError(f"shutdown_grace_s must be a finite number >= 0, got {grace!r}")
-        if not isinstance(self.trust_request_chat_template, bool):
-            raise ValueError("trust_request_chat_template must be a bool")
+
+    def _check_paths(self) -> None:
+        if self.adapter_path and not self.adapter_name:
+            self.adapter_name = Path(self.adapter_path).expanduser().resolve().name or "adapter"
         if self.weights_dir is not None and not Path(self.weights_dir).is_dir():
             raise ValueError(f"weights_dir {self.weights_dir!r} is not a folder")
 

@@ -67,10 +67,17 @@ class EngineLoop:
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._draining: deque[EngineCall] = deque()  # calls waiting for num_running == 0
         self._routes: dict[str, tuple[RequestGroup, int]] = {}
+        # Guards admission (the queue counts and the inbox, against shutdown's drain). Only
+        # the engine thread writes `_waiting_sequences`; it takes the lock too, so a submit
+        # never sees a group counted twice or not at all.
         self._lock = threading.Lock()
         self._queued_sequences = 0  # submitted, not yet handed to the engine
         self._waiting_sequences = 0  # handed over, not yet running (forks to come included)
-        self._stats: dict[str, Any] = {**engine.stats(), "tokens_per_second": 0.0}
+        self._stats: dict[str, Any] = {
+            **engine.stats(),
+            "tokens_per_second": 0.0,
+            "paused": engine.paused,
+        }
         self._token_samples: deque[tuple[float, int]] = deque()
         self._stopping = threading.Event()
         self._closing = threading.Event()  # close(): admit nothing new
@@ -104,9 +111,19 @@ class EngineLoop:
         return self._closing.is_set()
 
     @property
+    def running(self) -> bool:
+        """The engine thread runs and takes calls (False once `stop()` began)."""
+        return self._thread.is_alive() and not self._stopping.is_set()
+
+    @property
     def alive(self) -> bool:
         """Running and admitting requests (False once `close()` or `stop()` began)."""
-        return self._thread.is_alive() and not self._stopping.is_set() and not self.closing
+        return self.running and not self.closing
+
+    @property
+    def idle(self) -> bool:
+        """No request queued for the engine or running in it (a snapshot, any thread)."""
+        return not self._routes and self.queue_depth == 0
 
     @property
     def queue_depth(self) -> int:
@@ -114,8 +131,32 @@ class EngineLoop:
         return self._queued_sequences + self._waiting_sequences
 
     def stats(self) -> dict[str, Any]:
-        """The engine's counters after the latest step, plus queue depth and tokens/s."""
+        """The engine's counters after the latest step, plus queue depth, tokens/s and the
+        pause mode in force (`paused`: None or "keep"/"wait"/"abort")."""
         return {**self._stats, "queue_depth": self.queue_depth}
+
+    def check_admissible(self, num_sequences: int) -> None:
+        """Raise what `submit()` would for `num_sequences` more sequences right now: a
+        cheap early refusal, before a handler tokenises (`submit()` checks again)."""
+        with self._lock:
+            self._refuse_unless_admissible(num_sequences)
+
+    def _refuse_unless_admissible(self, num_sequences: int) -> None:
+        """Under `_lock`: EngineUnavailable, TooManySequences or Overloaded, if due."""
+        if self.closing:
+            raise EngineUnavailable("the server is shutting down; retry on another replica")
+        if not self.running:
+            raise EngineUnavailable("the engine is not running (starting or stopping)")
+        if num_sequences > self.max_queue:
+            raise TooManySequences(
+                f"this request has {num_sequences} sequences (prompts x n) but at most "
+                f"{self.max_queue} may wait (--max-queue); send fewer prompts or a smaller n"
+            )
+        if self.queue_depth + num_sequences > self.max_queue:
+            raise Overloaded(
+                f"server overloaded: {self.queue_depth} sequences are already waiting "
+                f"(limit --max-queue {self.max_queue}); retry later"
+            )
 
     # ---- event-loop side ------------------------------------------------------------------
 
@@ -133,21 +174,7 @@ class EngineLoop:
         group = RequestGroup(prompts, params, loop, self._request_abort, lora_name)
         group.request_id = request_id
         with self._lock:  # shutdown drains the inbox under this lock: nothing slips past it
-            if self.closing:
-                raise EngineUnavailable("the server is shutting down; retry on another replica")
-            if not self.alive:
-                raise EngineUnavailable("the engine is not running (starting or stopping)")
-            if group.num_sequences > self.max_queue:
-                raise TooManySequences(
-                    f"this request has {group.num_sequences} sequences (prompts x n) but at "
-                    f"most {self.max_queue} may wait (--max-queue); send fewer prompts or a "
-                    "smaller n"
-                )
-            if self.queue_depth + group.num_sequences > self.max_queue:
-                raise Overloaded(
-                    f"server overloaded: {self.queue_depth} sequences are already waiting "
-                    f"(limit --max-queue {self.max_queue}); retry later"
-                )
+            self._refuse_unless_admissible(group.num_sequences)
             self._queued_sequences += group.num_sequences
             self._inbox.put(("add", group))
         return group
@@ -166,7 +193,7 @@ class EngineLoop:
         `check(engine)` runs before that pause; if it raises, nothing else happens."""
         call = EngineCall(self._then_publish(fn), asyncio.get_running_loop(), drain, check)
         with self._lock:
-            if not self._thread.is_alive() or self._stopping.is_set():
+            if not self.running:
                 raise EngineUnavailable("the engine is not running (starting or stopping)")
             self._inbox.put(("call", call))
         return await call.future
@@ -270,7 +297,7 @@ class EngineLoop:
 
     def _stalled(self) -> bool:
         """A step would schedule nothing: paused, or draining with nothing left running."""
-        paused = getattr(self.engine, "paused", None)  # engines without a control plane
+        paused = self.engine.paused
         return paused in ("keep", "abort") or (paused == "wait" and not self.engine.num_running)
 
     def _wait_for_command(self) -> None:
@@ -307,7 +334,8 @@ class EngineLoop:
             self._waiting_sequences += group.num_sequences
         added = self._add(group)
         if not added:
-            self._waiting_sequences -= group.num_sequences
+            with self._lock:
+                self._waiting_sequences -= group.num_sequences
         return added
 
     def _start_call(self, call: EngineCall) -> None:
@@ -365,8 +393,11 @@ class EngineLoop:
     def _abort_matching(self, engine: Any, request_id: str | None) -> int:
         count = 0
         for engine_id, (group, _) in list(self._routes.items()):
-            if request_id is None or request_id in (engine_id, group.request_id) or \
-                    engine_id.startswith(f"{request_id}-"):
+            if (
+                request_id is None
+                or request_id in (engine_id, group.request_id)
+                or engine_id.startswith(f"{request_id}-")
+            ):
                 count += bool(engine.abort(engine_id, reason="aborted by an admin request"))
         if count:
             self._step()  # deliver the aborts now, even while paused
@@ -410,9 +441,8 @@ class EngineLoop:
             if route is None:
                 continue  # aborted by its handler, or never routed
             group, index = route
-            error = getattr(out, "error", None)  # engines without per-request errors
-            if error:
-                self._fail_group(group, EngineFailure(f"request failed in the engine: {error}"))
+            if out.error:
+                self._fail_group(group, EngineFailure(f"request failed in the engine: {out.error}"))
                 failed.add(group)
                 continue
             group.max_batch_size = max(group.max_batch_size, batch)
@@ -441,15 +471,9 @@ class EngineLoop:
             samples.popleft()
         span = now - samples[0][0]
         rate = (samples[-1][1] - samples[0][1]) / span if span > 0 else 0.0
-        self._stats = {**stats, "tokens_per_second": rate}
-        self._waiting_sequences = self._count_waiting(stats)
-
-    def _count_waiting(self, stats: dict[str, Any]) -> int:
-        """Sequences waiting in the engine: an n > 1 request counts with its forks to come."""
-        scheduler = getattr(self.engine, "scheduler", None)
-        if scheduler is None:  # engines without a scheduler to look into
-            return int(stats.get("num_waiting", 0))
-        return sum(1 + getattr(seq, "num_forks", 0) for seq in scheduler.waiting)
+        self._stats = {**stats, "tokens_per_second": rate, "paused": self.engine.paused}
+        with self._lock:
+            self._waiting_sequences = stats["num_waiting_sequences"]  # n > 1: forks included
 
     def _fail_all(self, error: BaseException) -> None:
         groups = {group for group, _ in self._routes.values()}

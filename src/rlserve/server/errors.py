@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -34,6 +35,13 @@ ERROR_TYPES = {
 }
 
 
+def shown(value: Any, limit: int = 80) -> str:
+    """`repr(value)`, cut to `limit` characters: error messages echo what a client sent,
+    which may be of any length."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class APIError(Exception):
     """Raise in a handler to answer with OpenAI's error JSON."""
 
@@ -52,7 +60,8 @@ class ClientGone(Exception):
 
 
 def error_body(status: int, message: str, param: str | None = None, code: Any = None) -> dict:
-    error_type = ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request")
+    fallback = "server_error" if status >= 500 else "invalid_request_error"
+    error_type = ERROR_TYPES.get(status, fallback)
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
 
 
@@ -73,7 +82,7 @@ def validation_message(exc: ValidationError | RequestValidationError) -> tuple[s
     return "; ".join(parts) or "invalid request", first
 
 
-def value_error_param(message: str, fields: set[str]) -> str | None:
+def value_error_param(message: str, fields: AbstractSet[str]) -> str | None:
     """The field a ValueError names first ('temperature must be >= 0' -> 'temperature')."""
     word = message.split(" ", 1)[0].strip(":,")
     return word if word in fields else None

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable
+from collections.abc import Set as AbstractSet
 from typing import Any, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
+from rlserve.server.body_limits import read_limited
 from rlserve.server.errors import APIError, ClientGone, validation_message, value_error_param
 from rlserve.server.request_group import RequestGroup
 
@@ -17,32 +19,10 @@ M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The request body, refused (413) past `max_bytes`: a too large Content-Length before
-    reading anything, a chunked body as soon as it crosses the limit (never buffered)."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise APIError(400, "the Content-Length header is not a number")
-        if int(declared) > max_bytes:
-            raise _too_large(max_bytes)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise _too_large(max_bytes)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _too_large(max_bytes: int) -> APIError:
-    return APIError(
-        413,
-        f"the request body is larger than the server limit of {max_bytes} bytes "
-        "(--max-request-bytes)",
-        code="request_too_large",
-    )
+async def read_body(request: Request, max_bytes: int) -> bytearray:
+    """The request body, refused (413) past `max_bytes` (`--max-request-bytes`) before
+    anything more is read."""
+    return await read_limited(request, max_bytes, "--max-request-bytes")
 
 
 def _no_constants(name: str) -> Any:
@@ -81,10 +61,10 @@ def _has_lone_surrogate(data: Any) -> bool:
     return False
 
 
-async def parse_body(request: Request, model: type[M], max_bytes: int | None = None) -> M:
+async def parse_body(request: Request, model: type[M], max_bytes: int) -> M:
     """Decode and validate a JSON body (at most `max_bytes`); 400 names the offending
     fields, 413 a body over the limit. Large bodies are parsed in a worker thread."""
-    raw = await (request.body() if max_bytes is None else read_body(request, max_bytes))
+    raw = await read_body(request, max_bytes)
     if len(raw) > _PARSE_INLINE_BYTES:
         return await asyncio.to_thread(_validated, raw, model)
     return _validated(raw, model)
@@ -106,7 +86,7 @@ def _validated(raw: bytes, model: type[M]) -> M:
         raise APIError(400, "the request body is nested too deeply") from exc
 
 
-async def wait_accepted(group: RequestGroup, fields: set[str]) -> None:
+async def wait_accepted(group: RequestGroup, fields: AbstractSet[str]) -> None:
     """Wait until the engine took the prompts; its ValueError becomes a 400."""
     try:
         await group.accepted()

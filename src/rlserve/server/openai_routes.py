@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import fields, replace
+from dataclasses import replace
 from typing import Any, Protocol
 
 from fastapi import APIRouter, Request
@@ -16,7 +16,7 @@ from rlserve.server.accumulate import collect
 from rlserve.server.chat_format import ChatView, render_prompt
 from rlserve.server.completions_format import CompletionView
 from rlserve.server.engine_loop import EngineFailure, EngineUnavailable
-from rlserve.server.errors import APIError, error_body
+from rlserve.server.errors import APIError, error_body, shown
 from rlserve.server.http_utils import (
     SSE_DONE,
     SSE_HEADERS,
@@ -28,12 +28,12 @@ from rlserve.server.http_utils import (
 from rlserve.server.prompt_input import tokenize_prompts
 from rlserve.server.protocol import ChatCompletionRequest, CompletionRequest, OpenAIFields
 from rlserve.server.request_group import Prompt, RequestGroup
-from rlserve.server.sampling import build_params
+from rlserve.server.sampling import SAMPLING_FIELD_NAMES, build_params
 from rlserve.server.state import ServerState, new_id
 from rlserve.server.tool_calls import ToolCallFormat, prompt_opens_thinking
 from rlserve.tools import forced_call_prefixes
 
-PARAM_FIELDS = {f.name for f in fields(SamplingParams)} | {"prompt", "messages"}
+PARAM_FIELDS = SAMPLING_FIELD_NAMES | {"prompt", "messages"}
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,6 @@ def completion_params(state: ServerState, req: CompletionRequest) -> SamplingPar
         default_max_tokens=state.config.max_tokens,
         logprobs=req.logprobs,
         max_logprobs=state.config.max_logprobs,
-        max_batch=state.loop.max_batch,
         prompt_logprobs=echo_logprobs,
     )
 
@@ -129,7 +128,7 @@ def completion_params(state: ServerState, req: CompletionRequest) -> SamplingPar
 def chat_params(state: ServerState, req: ChatCompletionRequest) -> SamplingParams:
     response_format = (req.response_format or {}).get("type", "text")
     if response_format != "text":
-        raise APIError(400, f"response_format {response_format!r} is not supported")
+        raise APIError(400, f"response_format {shown(response_format)} is not supported")
     if req.top_logprobs and not req.logprobs:
         raise APIError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
     max_tokens = req.max_completion_tokens
@@ -139,7 +138,6 @@ def chat_params(state: ServerState, req: ChatCompletionRequest) -> SamplingParam
         default_max_tokens=state.config.max_tokens,
         logprobs=(req.top_logprobs or 0) if req.logprobs else None,
         max_logprobs=state.config.max_logprobs,
-        max_batch=state.loop.max_batch,
     )
 
 
@@ -180,6 +178,7 @@ async def create_completion(state: ServerState, request: Request) -> Response:
     lora_name = state.resolve_model(req.model)
     prompts = completion_prompts(req.prompt)
     params = completion_params(state, req)
+    state.loop.check_admissible(len(prompts) * params.n)
     prompt_ids = await tokenize_prompts(state.tokenizer, prompts, state.max_model_len)
     group = state.loop.submit(prompt_ids, params, lora_name)
     await wait_accepted(group, PARAM_FIELDS)
@@ -195,6 +194,7 @@ async def create_chat_completion(state: ServerState, request: Request) -> Respon
     req = await parse_body(request, ChatCompletionRequest, state.config.max_request_bytes)
     lora_name = state.resolve_model(req.model)
     params = chat_params(state, req)
+    state.loop.check_admissible(params.n)
     prompt_text, prompt_ids = await render_prompt(state, req)
     params = replace(params, prefix_choices=forced_calls(state, req, prompt_text))
     tools = tool_format(state, req, prompt_text)

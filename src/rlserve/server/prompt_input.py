@@ -65,6 +65,15 @@ def _pre_tokenizer_keeps_text(spec: dict[str, Any] | None) -> bool:
     return kind in _KEEPING_PRE_TOKENIZERS  # Whitespace & co. drop the spaces
 
 
+def _byte_level(spec: dict[str, Any] | None) -> bool:
+    """Whether the pre-tokenizer maps input bytes to byte symbols (alone or in a Sequence)."""
+    if spec is None:
+        return False
+    if spec.get("type") == "Sequence":
+        return any(_byte_level(p) for p in spec.get("pretokenizers", []))
+    return spec.get("type") == "ByteLevel"
+
+
 def _model_keeps_text(spec: dict[str, Any], byte_level: bool) -> bool:
     """Whether every input byte becomes part of some token (no unknown-word token or
     skipped characters)."""
@@ -95,10 +104,9 @@ def _compute_bound(tokenizer: Any) -> int | None:
     spec = json.loads(backend.to_str())
     shrink = _normaliser_shrink(spec.get("normalizer"))
     pre = spec.get("pre_tokenizer")
-    byte_level = "ByteLevel" in json.dumps(pre)
     if shrink is None or not _pre_tokenizer_keeps_text(pre):
         return None
-    if not _model_keeps_text(spec.get("model") or {}, byte_level):
+    if not _model_keeps_text(spec.get("model") or {}, _byte_level(pre)):
         return None
     # A token's vocabulary string is never shorter in UTF-8 than the input it covers:
     # byte-level symbols and "▁" take 2-3 bytes for one input byte, "<0x0A>" six.

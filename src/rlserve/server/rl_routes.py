@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import time
-from dataclasses import fields
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from rlserve.sampling_params import SamplingParams
 from rlserve.server.accumulate import PromptResult, Sample, collect
 from rlserve.server.errors import APIError
 from rlserve.server.http_utils import parse_body, unless_disconnected, wait_accepted
@@ -17,10 +15,10 @@ from rlserve.server.logprob_format import clamp
 from rlserve.server.prompt_input import tokenize_prompts
 from rlserve.server.protocol import GenerateRequest
 from rlserve.server.request_group import Prompt
-from rlserve.server.sampling import build_params
+from rlserve.server.sampling import SAMPLING_FIELD_NAMES, build_params
 from rlserve.server.state import ServerState, new_id
 
-PARAM_FIELDS = {f.name for f in fields(SamplingParams)} | {"prompt", "input_ids"}
+PARAM_FIELDS = SAMPLING_FIELD_NAMES | {"prompt", "input_ids"}
 
 
 def rl_prompts(req: GenerateRequest) -> tuple[list[Prompt], bool]:
@@ -93,8 +91,8 @@ async def generate(state: ServerState, request: Request) -> Response:
         default_max_tokens=state.config.max_tokens,
         logprobs=k,
         max_logprobs=state.config.max_logprobs,
-        max_batch=state.loop.max_batch,
     )
+    state.loop.check_admissible(len(prompts) * params.n)
     prompt_ids = await tokenize_prompts(state.tokenizer, prompts, state.max_model_len)
     group = state.loop.submit(prompt_ids, params, lora_name, req.request_id)
     await wait_accepted(group, PARAM_FIELDS)

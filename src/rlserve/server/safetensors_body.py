@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from fastapi import Request
 
-from rlserve.server.admin_files import too_large
-from rlserve.server.errors import APIError
+from rlserve.server.body_limits import declared_length, read_limited, too_large
+from rlserve.server.errors import APIError, shown
 
 DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -42,23 +42,19 @@ class ReceiveBuffer:
         return self._buffer[:size]
 
 
-async def read_body(request: Request, limit: int, what: str,
-                    receive_buffer: ReceiveBuffer) -> torch.Tensor:
+async def read_body(
+    request: Request, limit: int, setting: str, what: str, receive_buffer: ReceiveBuffer
+) -> torch.Tensor:
     """The body as a uint8 tensor (in `receive_buffer` when its length is declared); 413 past
-    `limit`, 400 if it is not as long as declared."""
-    declared = request.headers.get("content-length")
-    if not (declared and declared.isdigit()):
-        data = bytearray()
-        async for chunk in request.stream():
-            data += chunk
-            if len(data) > limit:
-                raise too_large(limit, what)
+    `limit` (`setting` raises it), 400 if it is not as long as declared."""
+    size = declared_length(request)
+    if size is None:
+        data = await read_limited(request, limit, setting, what)
         if not data:  # frombuffer refuses an empty buffer
             return torch.empty(0, dtype=torch.uint8)
         return torch.frombuffer(data, dtype=torch.uint8)
-    size = int(declared)
     if size > limit:
-        raise too_large(limit, what)
+        raise too_large(limit, setting, what)
     buffer = receive_buffer.take(size)
     view, filled = memoryview(buffer.numpy()), 0
     async for chunk in request.stream():
@@ -99,12 +95,12 @@ def _tensor(name: str, entry: Any, data: torch.Tensor, start: int) -> torch.Tens
         shape = [int(d) for d in entry["shape"]]
         begin, end = (int(o) for o in entry["data_offsets"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"tensor {name!r}: bad header entry {entry!r}") from exc
+        raise ValueError(f"tensor {shown(name)}: bad header entry {shown(entry)}") from exc
     itemsize = dtype.itemsize
     if min(shape, default=0) < 0 or not 0 <= begin <= end <= data.numel() or \
             end - begin != math.prod(shape) * itemsize:
-        raise ValueError(f"tensor {name!r}: offsets {begin}..{end} do not hold shape {shape} "
-                         f"of {entry['dtype']} within {data.numel()} data bytes")
+        raise ValueError(f"tensor {shown(name)}: offsets {begin}..{end} do not hold shape "
+                         f"{shown(shape)} of {entry['dtype']} within {data.numel()} data bytes")
     raw = data[begin:end]
     if (start + begin) % itemsize:
         raw = raw.clone()  # a dtype view needs an aligned offset

@@ -8,7 +8,8 @@ from rlserve.sampling_params import SamplingParams
 from rlserve.server.errors import APIError, value_error_param
 from rlserve.server.protocol import SamplingFields
 
-_PARAM_FIELDS = {f.name for f in fields(SamplingParams)} | {"max_completion_tokens"}
+SAMPLING_FIELD_NAMES = frozenset(f.name for f in fields(SamplingParams))
+"""Fields a SamplingParams or engine ValueError may name first; routes add their own."""
 
 
 def check_supported(req: SamplingFields) -> None:
@@ -28,23 +29,34 @@ def check_supported(req: SamplingFields) -> None:
         raise APIError(400, "best_of must equal n (rlserve returns every sample)", "best_of")
 
 
-def check_schedulable(n: int, max_batch: int) -> None:
-    """Refuse (400) an `n` the scheduler could never run: all n samples of a prompt must
-    share one step, so n > the batch size would wait forever and block later requests."""
-    if n > max_batch:
-        raise APIError(
-            400,
-            f"n ({n}) exceeds the {max_batch} sequences one engine step can run; "
-            "lower n or start the server with a larger --max-batch",
-            param="n",
-        )
-
-
 def temperature_of(req: SamplingFields) -> float:
     """The request's temperature; `do_sample: false` (Hugging Face's switch) means greedy."""
     if req.do_sample is False:
         return 0.0
     return 1.0 if req.temperature is None else req.temperature
+
+
+def resolve_max_tokens(max_tokens: int | None, default_max_tokens: int) -> int:
+    """The request's max_tokens, or the server default for None; above it is a 400."""
+    if max_tokens is None:
+        return default_max_tokens
+    if max_tokens > default_max_tokens:
+        raise APIError(
+            400,
+            f"max_tokens ({max_tokens}) exceeds the server limit of {default_max_tokens} "
+            "(start the server with a larger --max-tokens)",
+            param="max_tokens",
+        )
+    return max_tokens
+
+
+def check_logprob_limits(
+    logprobs: int | None, prompt_logprobs: int | None, max_logprobs: int
+) -> None:
+    """400 for more alternatives per token than the server returns."""
+    for name, value in (("logprobs", logprobs), ("prompt_logprobs", prompt_logprobs)):
+        if value is not None and value > max_logprobs:
+            raise APIError(400, f"{name} must be <= {max_logprobs}, got {value}", param=name)
 
 
 def build_params(
@@ -54,32 +66,19 @@ def build_params(
     default_max_tokens: int,
     logprobs: int | None,
     max_logprobs: int,
-    max_batch: int | None = None,
     prompt_logprobs: int | None = None,
 ) -> SamplingParams:
     """SamplingParams for `req`; 400 naming the field on any invalid value.
 
     `max_tokens` None means the server default; above the server limit is refused.
-    `max_batch`: the engine's sequences per step, the most `n` can be (None: no bound).
-    `prompt_logprobs` overrides the request's (e.g. `echo` with `logprobs`).
+    `prompt_logprobs` overrides the request's (e.g. `echo` with `logprobs`). An `n` above
+    the engine's batch is refused by the engine when the request is submitted.
     """
     check_supported(req)
-    if max_batch is not None:
-        check_schedulable(req.n, max_batch)
-    if max_tokens is None:
-        max_tokens = default_max_tokens
-    elif max_tokens > default_max_tokens:
-        raise APIError(
-            400,
-            f"max_tokens ({max_tokens}) exceeds the server limit of {default_max_tokens} "
-            "(start the server with a larger --max-tokens)",
-            param="max_tokens",
-        )
+    max_tokens = resolve_max_tokens(max_tokens, default_max_tokens)
     if prompt_logprobs is None:
         prompt_logprobs = req.prompt_logprobs
-    for name, value in (("logprobs", logprobs), ("prompt_logprobs", prompt_logprobs)):
-        if value is not None and value > max_logprobs:
-            raise APIError(400, f"{name} must be <= {max_logprobs}, got {value}", param=name)
+    check_logprob_limits(logprobs, prompt_logprobs, max_logprobs)
     try:
         return SamplingParams(
             n=req.n,
@@ -99,4 +98,5 @@ def build_params(
             skip_special_tokens=req.skip_special_tokens,
         )
     except ValueError as exc:
-        raise APIError(400, str(exc), param=value_error_param(str(exc), _PARAM_FIELDS)) from exc
+        param = value_error_param(str(exc), SAMPLING_FIELD_NAMES)
+        raise APIError(400, str(exc), param=param) from exc

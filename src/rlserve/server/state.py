@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -9,7 +10,7 @@ from typing import Any
 
 from rlserve.server.config import ServerConfig
 from rlserve.server.engine_loop import EngineLoop
-from rlserve.server.errors import APIError
+from rlserve.server.errors import APIError, shown
 from rlserve.server.logprob_format import TokenRenderer
 from rlserve.server.metrics import ServerMetrics
 from rlserve.server.safetensors_body import ReceiveBuffer
@@ -20,7 +21,9 @@ class ServerState:
     """Shared by the routes. `tokenizer` is the server's own copy (never the engine's,
     which belongs to the engine thread): chat templates, echo text, logprob tokens.
     `default_adapter`: the LoRA adapter requests naming no model use (the start-up one,
-    or the latest loaded without a name; see `admin_routes`)."""
+    or the latest loaded without a name; see `admin_routes`). `adapter_lock`: held while
+    an adapter is installed or removed, so that reading and setting `default_adapter`
+    around the engine call is one step."""
 
     config: ServerConfig
     loop: EngineLoop
@@ -33,11 +36,12 @@ class ServerState:
     default_adapter: str | None = None
     created: int = 0
     receive_buffer: ReceiveBuffer = field(default_factory=ReceiveBuffer)
+    adapter_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     special_tokens: tuple[str, ...] = ()  # the tokenizer's special-token texts
 
     def __post_init__(self) -> None:
         self.created = self.created or int(time.time())
-        self.special_tokens = tuple(getattr(self.tokenizer, "all_special_tokens", ()))
+        self.special_tokens = special_token_texts(self.tokenizer)
 
     def adapters(self) -> list[str]:
         """Names of the LoRA adapters the engine holds (each served as a model id)."""
@@ -60,7 +64,7 @@ class ServerState:
         served = ", ".join(repr(m) for m in [self.model_name, *self.adapters()])
         raise APIError(
             404,
-            f"model {name!r} does not exist; this server serves {served}",
+            f"model {shown(name)} does not exist; this server serves {served}",
             param="model",
             code="model_not_found",
         )
@@ -69,6 +73,20 @@ class ServerState:
     def policy_version(self) -> int:
         return int(self.loop.stats().get("policy_version", 0))
 
+    @property
+    def paused(self) -> str | None:
+        """The engine's pause mode after its latest step (None: generating)."""
+        return self.loop.stats()["paused"]
+
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def special_token_texts(tokenizer: Any) -> tuple[str, ...]:
+    """The tokenizer's special-token texts, added special tokens included (Llama 3's
+    `<|eot_id|>` is only there)."""
+    added = getattr(tokenizer, "added_tokens_decoder", {}).values()
+    texts = [*getattr(tokenizer, "all_special_tokens", ())]
+    texts += [token.content for token in added if token.special]
+    return tuple(dict.fromkeys(texts))

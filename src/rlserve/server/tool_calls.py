@@ -6,12 +6,12 @@ so training data is the same with or without parsing.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection
 from typing import Any
 
 from rlserve.server.errors import APIError
 from rlserve.tools import StreamingToolParser, parse_tool_calls, validate_tools
+from rlserve.tools.parsers import ToolIndex
 from rlserve.tools.parsers.reasoning import THINK_OPEN
 
 
@@ -39,11 +39,9 @@ def check_request_tools(tools: Any) -> None:
 
 
 def trailing_blank_start(text: str, special_tokens: Collection[str] = ()) -> int:
-    """Where the run of whitespace and special-token text that ends `text` begins.
-
-    Special: the given token texts and `<|name|>` markers (the end-of-turn convention of
-    Qwen, Llama 3 and others), which with `skip_special_tokens: false` end the text.
-    """
+    """Where the run of whitespace and special-token texts (`special_tokens`, e.g. the
+    end-of-turn token that ends the text with `skip_special_tokens: false`) that ends
+    `text` begins."""
     i = len(text)
     while i > 0:
         if text[i - 1].isspace():
@@ -51,44 +49,31 @@ def trailing_blank_start(text: str, special_tokens: Collection[str] = ()) -> int
             continue
         token = next((t for t in special_tokens if t and text.endswith(t, 0, i)), None)
         if token is None:
-            marker = _MARKER.search(text, max(0, i - _MARKER_MAX), i)
-            if marker is None:
-                break
-            i = marker.start()
-        else:
-            i -= len(token)
+            break
+        i -= len(token)
     return i
 
 
 def partial_special_start(text: str, special_tokens: Collection[str] = ()) -> int:
-    """Where an unfinished special token (or `<|name|>` marker) ending `text` begins;
-    `len(text)` when there is none."""
+    """Where an unfinished special token ending `text` begins; `len(text)` when none does."""
     longest = max((len(t) for t in special_tokens), default=0)
-    firsts = {t[0] for t in special_tokens if t} | {"<"}
-    for start in range(max(0, len(text) - max(longest, _MARKER_MAX)), len(text)):
-        if text[start] not in firsts:
-            continue
+    for start in range(max(0, len(text) - longest + 1), len(text)):
         tail = text[start:]
-        if _PARTIAL_MARKER.fullmatch(tail) or any(
-            len(t) > len(tail) and t.startswith(tail) for t in special_tokens
-        ):
+        if any(len(t) > len(tail) and t.startswith(tail) for t in special_tokens):
             return start
     return len(text)
-
-
-_MARKER_MAX = 68
-_MARKER = re.compile(r"<\|[^<>|\s]{1,64}\|>\Z")
-_PARTIAL_MARKER = re.compile(r"<(\|[^<>|\s]{0,64}\|?)?")
 
 
 class ToolCallFormat:
     """How one request's replies are split into content, reasoning and tool calls.
 
-    The tools are checked on construction (ValueError naming the bad entry). In a reply
-    that calls tools, the whitespace and special tokens that end its content (the
-    end-of-turn token when `skip_special_tokens` is false) are not content: a reply
-    that is only calls has `content: null`, as OpenAI and vLLM send it, streamed or not.
-    `special_tokens`: the tokenizer's special-token texts.
+    `tools` must have passed `check_request_tools` (as `render_prompt` does before a
+    request is submitted); they are indexed once here for every reply of the request. In a
+    reply that calls tools, the whitespace and special tokens that end its content (the
+    end-of-turn token when `skip_special_tokens` is false) are not content: a reply that
+    is only calls has `content: null`, as OpenAI and vLLM send it, streamed or not.
+    `special_tokens`: the tokenizer's special-token texts; other text, `<|name|>`-shaped
+    or not, stays content.
     """
 
     def __init__(
@@ -98,9 +83,8 @@ class ToolCallFormat:
         think_open: bool,
         special_tokens: Collection[str] = (),
     ) -> None:
-        validate_tools(tools)
         self.parser = parser
-        self.tools = tools
+        self.tools = ToolIndex(tools)
         self.think_open = think_open
         self.special_tokens = tuple(t for t in special_tokens if isinstance(t, str) and t)
         self._streams: dict[int, StreamingToolParser] = {}

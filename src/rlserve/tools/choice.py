@@ -23,14 +23,14 @@ def forced_call_prefixes(
 ) -> list[str]:
     """`prefix_choices` enforcing `tool_choice` (ValueError naming what is wrong).
 
-    `tools` are checked whatever `tool_choice` is (see `validate_tools`), so a request
-    with unusable tools fails before it is generated.
+    `tools` must be usable (see `validate_tools`): they are read only when a call is
+    forced ("auto" and "none" do not look at them), so check them where the request comes
+    in, as the server's `check_request_tools` and `Engine.chat` do.
     `think_open`: the prompt opened a `<think>` block, which a forced call closes first.
     """
-    index = ToolIndex(tools)
     if tool_choice is None or tool_choice in ("auto", "none"):
         return []
-    offered = list(index.parameters)
+    offered = list(ToolIndex(tools).parameters)
     if tool_choice == "required":
         names = offered
     elif isinstance(tool_choice, Mapping):

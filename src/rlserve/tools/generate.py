@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rlserve.tools.parsers import validate_tools
-
 if TYPE_CHECKING:
     from rlserve import Engine, RequestOutput, SamplingParams
 
@@ -18,11 +16,11 @@ def batch_generate_with_tools(
     parser: str = "hermes",
 ) -> list[RequestOutput]:
     """Chat completions for many prompts (user strings or message lists) with `tools`
-    offered; every completion carries `tool_calls` and `tool_call_errors`."""
+    offered; every completion carries `tool_calls` and `tool_call_errors`. `Engine.chat`
+    checks the tools before generating."""
     if not isinstance(prompts, list) or not prompts:
         raise ValueError("prompts must be a non-empty list of strings or message lists")
     if not tools:
         raise ValueError("tools must be a non-empty list of OpenAI-style tool definitions")
-    validate_tools(tools)  # before generating: parsing the replies needs the names
     conversations = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]
     return engine.chat(conversations, params, tools=tools, tool_parser=parser)

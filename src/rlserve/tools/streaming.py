@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from rlserve.tools.parsers import get_parser
 from rlserve.tools.parsers.base import Content, Segment
 from rlserve.tools.parsers.reasoning import split_reasoning
-from rlserve.tools.parsers.schema import ToolIndex
+from rlserve.tools.parsers.schema import ToolIndex, Tools
 from rlserve.tools.parsers.types import ToolCall, ToolCallError
 
 EVENT_KINDS = ("content", "reasoning", "tool_call", "error")
@@ -42,12 +40,12 @@ class StreamingToolParser:
     def __init__(
         self,
         parser_name: str,
-        tools: Sequence[Mapping[str, Any]] | None = None,
+        tools: Tools | ToolIndex | None = None,
         *,
         think_open: bool | None = None,
     ) -> None:
         self._parser = get_parser(parser_name)
-        self._tools = ToolIndex(tools)
+        self._tools = ToolIndex.of(tools)
         self._think_open = think_open
         self._text = ""
         self._reasoning_sent: int | None = None

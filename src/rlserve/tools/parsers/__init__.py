@@ -6,16 +6,13 @@ use :class:`rlserve.tools.StreamingToolParser`, which yields the same result inc
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
-
 from rlserve.tools.parsers.base import ToolParser
 from rlserve.tools.parsers.hermes import HermesParser
 from rlserve.tools.parsers.json_format import JsonParser
 from rlserve.tools.parsers.llama3 import Llama3JsonParser
 from rlserve.tools.parsers.pythonic import PythonicParser
 from rlserve.tools.parsers.qwen3_coder import Qwen3CoderParser
-from rlserve.tools.parsers.schema import ToolIndex, validate_tools
+from rlserve.tools.parsers.schema import ToolIndex, Tools, validate_tools
 from rlserve.tools.parsers.types import ParseResult, ToolCall, ToolCallError, new_call_id
 from rlserve.tools.parsers.xml_format import XmlParser
 
@@ -41,7 +38,7 @@ def get_parser(name: str) -> ToolParser:
 def parse_tool_calls(
     text: str,
     parser: str = "hermes",
-    tools: Sequence[Mapping[str, Any]] | None = None,
+    tools: Tools | ToolIndex | None = None,
     *,
     think_open: bool | None = None,
 ) -> ParseResult:

@@ -9,12 +9,11 @@ arrives, which is what makes streaming output identical to a one-shot parse.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from rlserve.tools.parsers.reasoning import partial_marker_start, split_reasoning
-from rlserve.tools.parsers.schema import ToolIndex
+from rlserve.tools.parsers.schema import ToolIndex, Tools
 from rlserve.tools.parsers.types import ParseResult, ToolCall, ToolCallError
 
 
@@ -67,7 +66,7 @@ class ToolParser(ABC):
     def parse(
         self,
         text: str,
-        tools: Sequence[Mapping[str, Any]] | None = None,
+        tools: Tools | ToolIndex | None = None,
         *,
         think_open: bool | None = None,
     ) -> ParseResult:
@@ -76,7 +75,7 @@ class ToolParser(ABC):
             raise ValueError(f"text must be a string, got {type(text).__name__}")
         split = split_reasoning(text, think_open, final=True)
         body = split.body_start if split.body_start is not None else len(text)
-        segments, _ = self.scan(text, body, ToolIndex(tools), final=True, origin=body)
+        segments, _ = self.scan(text, body, ToolIndex.of(tools), final=True, origin=body)
         return ParseResult(
             content="".join(text[s.start : s.end] for s in segments if isinstance(s, Content)),
             calls=[s for s in segments if isinstance(s, ToolCall)],

@@ -9,11 +9,14 @@ from typing import Any
 
 from rlserve.tools.parsers.types import ToolCall, ToolCallError
 
+Tools = Sequence[Mapping[str, Any]]
+
 
 class ToolIndex:
     """Offered tools by name. ``None`` means "not given": every name is accepted.
 
-    ValueError (see :func:`validate_tools`) when a definition is unusable."""
+    ValueError (see :func:`validate_tools`) when a definition is unusable. Parsers take a
+    built index in place of the tool list, so parsing many replies reads the tools once."""
 
     def __init__(self, tools: Sequence[Mapping[str, Any]] | None = None) -> None:
         self.given = tools is not None
@@ -25,6 +28,11 @@ class ToolIndex:
         for position, tool in enumerate(tools):
             name, params = _unpack_tool(tool, position)
             self.parameters[name] = params
+
+    @classmethod
+    def of(cls, tools: Tools | ToolIndex | None) -> ToolIndex:
+        """``tools`` itself when it is an index already, else a new index of it."""
+        return tools if isinstance(tools, ToolIndex) else cls(tools)
 
     def unknown(self, name: str) -> str | None:
         """An error message if ``name`` is not an offered tool, else None."""
