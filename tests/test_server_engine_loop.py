@@ -29,6 +29,7 @@ class FakeEngine:
         self.fail_on_step = fail_on_step
         self.step_s = step_s
         self.paused: str | None = None  # never paused: the control plane is not under test
+        self.adapters: dict[str, object] = {}
 
     def add_request(self, prompt, params: SamplingParams, request_id: str) -> str:
         if prompt == "bad":

@@ -58,6 +58,10 @@ class _Request:
         return len(self.seqs) == self.params.n and all(s.is_finished for s in self.seqs)
 
 
+class AdapterInUse(ValueError):
+    """`unload_lora` of an adapter that running or waiting requests still use."""
+
+
 class Engine:
     """Generate with continuous batching, paged KV and prefix caching; score sequences.
 
@@ -234,8 +238,8 @@ class Engine:
             raise ValueError(f"unknown LoRA adapter {name!r}")
         users = [r.request_id for r in self._requests.values() if r.lora_name == name]
         if users:
-            raise ValueError(f"adapter {name!r} is in use by {len(users)} request(s); abort "
-                             "them or let them finish first")
+            raise AdapterInUse(f"adapter {name!r} is in use by {len(users)} request(s); abort "
+                               "them or let them finish first")
         del self.adapters[name]
 
     def pause(self, mode: str = "keep") -> None:

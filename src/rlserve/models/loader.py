@@ -103,17 +103,15 @@ def resolve_target(model: LlamaModel, targets: dict[str, torch.Tensor],
 WeightItems = list[tuple[str, torch.Tensor]]
 
 
-def read_safetensors(path: str | Path, shown: str | None = None) -> WeightItems:
-    """Every (name, tensor) of the safetensors file or folder `path`; ValueError naming it
-    as `shown` (the caller's own spelling: a server never shows its absolute paths)."""
-    shown = str(path) if shown is None else shown
+def read_safetensors(path: str | Path) -> WeightItems:
+    """Every (name, tensor) of the safetensors file or folder `path`; ValueError naming it."""
     if not Path(path).exists():
-        raise ValueError(f"weights path {shown!r} does not exist")
+        raise ValueError(f"weights path {str(path)!r} does not exist")
     try:
         return list(iter_safetensors(path))
     except Exception as exc:  # a truncated, foreign or missing file
-        detail = str(exc).replace(str(path), shown) or type(exc).__name__
-        raise ValueError(f"cannot read safetensors from {shown!r}: {detail}") from exc
+        detail = str(exc) or type(exc).__name__
+        raise ValueError(f"cannot read safetensors from {str(path)!r}: {detail}") from exc
 
 
 def check_weights(model: LlamaModel, items: Iterable[tuple[str, object]]) -> WeightItems:

@@ -82,9 +82,10 @@ def check_adapter_config(name: str, config: object) -> tuple[int, float]:
         raise ValueError(f"adapter {name}: adapter_config.json must hold a JSON object")
     rank, alpha = config.get("r"), config.get("lora_alpha", PEFT_DEFAULT_LORA_ALPHA)
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise ValueError(f"adapter {name}: r must be a positive integer, got {rank!r}")
+        raise ValueError(f"adapter {name}: r must be a positive integer, got {repr(rank)[:80]}")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
-        raise ValueError(f"adapter {name}: lora_alpha must be a finite number, got {alpha!r}")
+        shown = repr(alpha)[:80]
+        raise ValueError(f"adapter {name}: lora_alpha must be a finite number, got {shown}")
     for key in ("rank_pattern", "alpha_pattern"):
         if config.get(key):
             raise ValueError(f"adapter {name}: per-module {key} is not supported")

@@ -29,6 +29,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
+from rlserve.engine.engine import AdapterInUse
 from rlserve.models.loader import WeightItems, check_weights, read_safetensors
 from rlserve.server.admin_files import (
     MAX_NAME_CHARS,
@@ -48,9 +49,6 @@ from rlserve.server.safetensors_body import ReceiveBuffer, parse_safetensors, re
 from rlserve.server.state import ServerState
 
 FALLBACK_ADAPTER_NAME = "adapter"  # an unnamed new default whose folder name is not usable
-IN_USE = " is in use by "  # in the engine's ValueError for unloading an adapter in use
-
-
 def hide_server_paths(message: str, state: ServerState, folders: dict[str, str]) -> str:
     """`message` with the server's folders (`--weights-dir`, upload folders) replaced by
     what the client knows them as: error messages never show absolute server paths."""
@@ -87,7 +85,7 @@ async def engine_call(
 
 def _status_of(exc: Exception) -> int:
     """409 when the call conflicts with running requests (an adapter in use), else 400."""
-    return 409 if isinstance(exc, ValueError) and IN_USE in str(exc) else 400
+    return 409 if isinstance(exc, AdapterInUse) else 400
 
 
 def reply(state: ServerState, **fields: Any) -> JSONResponse:

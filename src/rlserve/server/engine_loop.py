@@ -73,11 +73,7 @@ class EngineLoop:
         self._lock = threading.Lock()
         self._queued_sequences = 0  # submitted, not yet handed to the engine
         self._waiting_sequences = 0  # handed over, not yet running (forks to come included)
-        self._stats: dict[str, Any] = {
-            **engine.stats(),
-            "tokens_per_second": 0.0,
-            "paused": engine.paused,
-        }
+        self._stats: dict[str, Any] = {**self._engine_state(), "tokens_per_second": 0.0}
         self._token_samples: deque[tuple[float, int]] = deque()
         self._stopping = threading.Event()
         self._closing = threading.Event()  # close(): admit nothing new
@@ -462,8 +458,14 @@ class EngineLoop:
                 self.engine.abort(engine_id)
         group.fail(error)
 
+    def _engine_state(self) -> dict[str, Any]:
+        """What handlers may read of the engine (on its own thread, only this is safe):
+        its counters, the pause mode and the adapter names."""
+        engine = self.engine
+        return {**engine.stats(), "paused": engine.paused, "adapters": sorted(engine.adapters)}
+
     def _publish_stats(self) -> None:
-        stats = self.engine.stats()
+        stats = self._engine_state()
         now = time.monotonic()
         samples = self._token_samples
         samples.append((now, int(stats.get("generated_tokens", 0))))
@@ -471,7 +473,7 @@ class EngineLoop:
             samples.popleft()
         span = now - samples[0][0]
         rate = (samples[-1][1] - samples[0][1]) / span if span > 0 else 0.0
-        self._stats = {**stats, "tokens_per_second": rate, "paused": self.engine.paused}
+        self._stats = {**stats, "tokens_per_second": rate}
         with self._lock:
             self._waiting_sequences = stats["num_waiting_sequences"]  # n > 1: forks included
 

@@ -45,7 +45,7 @@ class ServerState:
 
     def adapters(self) -> list[str]:
         """Names of the LoRA adapters the engine holds (each served as a model id)."""
-        return sorted(getattr(self.loop.engine, "adapters", None) or {})
+        return list(self.loop.stats()["adapters"])  # published by the engine thread
 
     def current_default_adapter(self) -> str | None:
         """The default adapter, if the engine still holds it (else: the base weights)."""
