@@ -164,16 +164,6 @@ def test_generate_returns_a_failed_request_with_its_error_and_the_others_whole(
     assert [c.finish_reason for c in outs[2].outputs] == ["abort", "abort"]
 
 
-def test_score_raises_when_a_request_fails_inside(engine):
-    rid = engine.add_request([1, 2, 3], SamplingParams(max_tokens=1))
-    engine._requests[rid].seqs[0].token_ids[1] = 10**9
-    engine._requests[rid].seqs[0].score_only = True
-    from rlserve.engine.engine import _raise_failures
-
-    with pytest.raises(RuntimeError, match="1 of 1 request.*failed inside the engine"):
-        _raise_failures(engine._run_to_completion([rid]))
-
-
 # ---- Engine.score takes token ids only ---------------------------------------------------
 
 

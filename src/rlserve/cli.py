@@ -50,6 +50,9 @@ def _generate(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if out.error is not None:  # failed inside the engine: its partial output is not an answer
+        print(f"error: {out.error}", file=sys.stderr)
+        return 1
     for c in out.outputs:
         if args.json:
             print(json.dumps({"index": c.index, "text": c.text, "token_ids": c.token_ids,

@@ -17,13 +17,15 @@ def prompt_list(prompts: Prompt | list[Prompt]) -> list[Prompt]:
     if prompts and is_token_ids(prompts):
         return [list(prompts)]  # one prompt of token ids
     if not isinstance(prompts, (list, tuple)) or not prompts:
-        raise ValueError("prompts must be a string, a list of token ids, or a non-empty list "
-                         "of those")
+        raise ValueError(
+            "prompts must be a string, a list of token ids, or a non-empty list of those"
+        )
     return list(prompts)
 
 
-def params_list(params: SamplingParams | Sequence[SamplingParams] | None,
-                count: int) -> list[SamplingParams]:
+def params_list(
+    params: SamplingParams | Sequence[SamplingParams] | None, count: int
+) -> list[SamplingParams]:
     """One SamplingParams for every prompt, or one per prompt, as a list of `count`."""
     if params is None or isinstance(params, SamplingParams):
         return [params or SamplingParams()] * count
