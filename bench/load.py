@@ -26,22 +26,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
-import socket
 import statistics
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
+import serving
 
-ROOT = Path(__file__).resolve().parents[1]
 MIX = {  # kind -> weight
     "completion": 3,
     "chat": 3,
@@ -71,44 +67,11 @@ class Outcome:
     lost: str | None = None  # why the request counts as lost, if it does
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
-    cmd = [
-        sys.executable,
-        "-m",
-        "rlserve.server.cli",
-        "--port",
-        str(port),
-        "--max-batch",
-        str(args.max_batch),
-        "--max-tokens",
-        str(args.max_tokens),
-        "--max-queue",
-        str(args.clients * 4),  # every client's sequences may wait
-        "--log-level",
-        "warning",
-    ]
-    if args.model:
-        cmd += ["--model", args.model]
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.Popen(cmd, env=env)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with status {proc.returncode}")
-        time.sleep(0.2)
-    proc.terminate()
-    raise RuntimeError("the server did not become healthy in time")
+    flags = ["--max-batch", str(args.max_batch), "--max-tokens", str(args.max_tokens),
+             "--max-queue", str(args.clients * 4),  # every client's sequences may wait
+             "--log-level", "warning"]
+    return serving.start_server(flags, args.model, port)
 
 
 # --- one request of each kind ----------------------------------------------------------------
@@ -319,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     url = args.url
     if url is None:
-        port = free_port()
+        port = serving.free_port()
         server = start_server(args, port)
         url = f"http://127.0.0.1:{port}"
     try:

@@ -16,25 +16,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import socket
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeVar
 
 import httpx
+import serving
 import torch
 
 from rlserve import Engine, SamplingParams
 from rlserve.client import AsyncClient
 
-ROOT = Path(__file__).resolve().parents[1]
 SHORT_PROMPT = "What is 12 + 30?"
 T = TypeVar("T")
 
@@ -52,44 +48,10 @@ class Workload:
         return SamplingParams(temperature=1.0, seed=0, max_tokens=self.max_tokens, ignore_eos=True)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
-    cmd = [
-        sys.executable,
-        "-m",
-        "rlserve.server.cli",
-        "--port",
-        str(port),
-        "--max-batch",
-        str(args.concurrency),
-        "--flush-interval-ms",
-        str(args.flush_interval_ms),
-        "--max-tokens",
-        "512",
-        "--log-level",
-        "warning",
-    ]
-    if args.model:
-        cmd += ["--model", args.model]
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.Popen(cmd, env=env)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with status {proc.returncode}")
-        time.sleep(0.2)
-    proc.terminate()
-    raise RuntimeError("the server did not become healthy in time")
+    flags = ["--max-batch", str(args.concurrency), "--flush-interval-ms",
+             str(args.flush_interval_ms), "--max-tokens", "512", "--log-level", "warning"]
+    return serving.start_server(flags, args.model, port)
 
 
 def in_thread(fn: Callable[[], T]) -> T:
@@ -190,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.requests, args.repeats = max(args.concurrency, args.requests // 4), 10
     work = Workload(args.requests, args.concurrency, args.max_tokens)
-    port = free_port()
+    port = serving.free_port()
     server = start_server(args, port)
     url = f"http://127.0.0.1:{port}"
     try:
