@@ -34,6 +34,20 @@ class CompletionOutput:
     def finished(self) -> bool:
         return self.finish_reason is not None
 
+    def extend(self, delta: CompletionOutput) -> None:
+        """Append a later delta of the same sample (from `Engine.step()`) to this total."""
+        self.text += delta.text
+        self.token_ids += delta.token_ids
+        self.logprobs += delta.logprobs
+        self.sampling_logprobs += delta.sampling_logprobs
+        self.weight_versions += delta.weight_versions
+        if delta.top_logprobs is not None:
+            if self.top_logprobs is None:
+                self.top_logprobs = []
+            self.top_logprobs += delta.top_logprobs
+        if delta.finish_reason is not None:
+            self.finish_reason, self.stop_reason = delta.finish_reason, delta.stop_reason
+
 
 @dataclass
 class RequestOutput:
@@ -64,17 +78,7 @@ class RequestOutput:
             self.prompt_top_logprobs = delta.prompt_top_logprobs
         by_index = {c.index: c for c in self.outputs}
         for d in delta.outputs:
-            c = by_index.get(d.index)
-            if c is None:
-                c = CompletionOutput(index=d.index,
-                                     top_logprobs=[] if d.top_logprobs is not None else None)
-                self.outputs.append(c)
-                by_index[d.index] = c
-            c.text += d.text
-            c.token_ids += d.token_ids
-            c.logprobs += d.logprobs
-            c.sampling_logprobs += d.sampling_logprobs
-            c.weight_versions += d.weight_versions
-            if d.top_logprobs is not None and c.top_logprobs is not None:
-                c.top_logprobs += d.top_logprobs
-            c.finish_reason, c.stop_reason = d.finish_reason, d.stop_reason
+            if d.index not in by_index:
+                by_index[d.index] = CompletionOutput(index=d.index)
+                self.outputs.append(by_index[d.index])
+            by_index[d.index].extend(d)
