@@ -15,6 +15,9 @@ class PauseMode(str, Enum):
     WAIT = "wait"
     ABORT = "abort"
 
+    def __str__(self) -> str:  # "keep", as in messages and JSON, not "PauseMode.KEEP"
+        return self.value
+
     @classmethod
     def parse(cls, value: object, field: str = "mode") -> PauseMode:
         """The mode named by `value` (a PauseMode or its string); ParamError otherwise."""
