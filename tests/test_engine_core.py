@@ -192,7 +192,7 @@ def test_a_waiting_prompt_is_hashed_once_not_at_every_step(monkeypatch):
     real = bm._hash_block
     monkeypatch.setattr(bm, "_hash_block", lambda *args: calls.append(1) or real(*args))
     manager = bm.BlockManager(num_blocks=64, block_size=4, enable_prefix_caching=True)
-    seq = Sequence(1, "r", 0, list(range(1, 42)), SamplingParams(), seed=0, arrival=0)
+    seq = Sequence("r", 0, list(range(1, 42)), SamplingParams(), seed=0)
     for _ in range(5):  # what the scheduler asks each step while the head cannot start
         manager.match_prefix(seq, (0, None, None))
     assert len(calls) == 10  # its 10 full blocks before the last token, once

@@ -115,7 +115,7 @@ def test_culprits_are_found_by_halving():
 
 
 def test_siblings_aborted_by_a_failure_are_not_booked(engine, monkeypatch):
-    apply, booked_finished = engine._apply_forward, []
+    apply, booked_finished = engine.step_runner.apply_forward, []
 
     def failing_apply(seq, num_new, prompt_logits):
         if seq.is_finished:
@@ -124,7 +124,7 @@ def test_siblings_aborted_by_a_failure_are_not_booked(engine, monkeypatch):
             raise RuntimeError("injected booking failure")
         return apply(seq, num_new, prompt_logits)
 
-    monkeypatch.setattr(engine, "_apply_forward", failing_apply)
+    monkeypatch.setattr(engine.step_runner, "apply_forward", failing_apply)
     rid = engine.add_request(GOOD_PROMPTS[0], SamplingParams(n=3, max_tokens=6))
     result = _drain(engine)[rid][1]
     assert "injected booking failure" in result.error
@@ -147,7 +147,7 @@ def test_withdrawing_a_refused_call_does_not_step_the_others(engine):
 
 def test_a_failure_after_every_sample_finished_reports_it_as_it_finished(engine):
     rid = engine.add_request(GOOD_PROMPTS[0], SamplingParams(max_tokens=1))
-    engine._run(engine.scheduler.schedule())  # the request finishes, not yet reported
+    engine.step_runner.run(engine.scheduler.schedule())  # the request finishes, not yet reported
     seq = engine._requests[rid].seqs[0]
     engine._fail_request(seq, RuntimeError("late bookkeeping failure"))
     (out,) = engine.step()

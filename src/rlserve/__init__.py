@@ -10,18 +10,26 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rlserve.config import EngineConfig
-    from rlserve.engine import Engine
+    from rlserve.engine import Engine, EngineCore
     from rlserve.outputs import CompletionOutput, RequestOutput
     from rlserve.sampling_params import SamplingParams
 
 _EXPORTS = {
     "Engine": "rlserve.engine",
+    "EngineCore": "rlserve.engine",
     "EngineConfig": "rlserve.config",
     "CompletionOutput": "rlserve.outputs",
     "RequestOutput": "rlserve.outputs",
     "SamplingParams": "rlserve.sampling_params",
 }
-__all__ = ["CompletionOutput", "Engine", "EngineConfig", "RequestOutput", "SamplingParams"]
+__all__ = [
+    "CompletionOutput",
+    "Engine",
+    "EngineConfig",
+    "EngineCore",
+    "RequestOutput",
+    "SamplingParams",
+]
 __version__ = "0.1.0"
 
 

@@ -25,8 +25,8 @@ class CompletionOutput:
     weight_versions: list[int] = field(default_factory=list)
     finish_reason: str | None = None  # "stop" | "length" | "abort"
     stop_reason: str | int | None = None  # the stop string or stop token id that matched
-    # Set by `Engine.chat(..., tools=...)`: calls parsed from `text` (rlserve.tools.ToolCall)
-    # and the calls that could not be parsed (rlserve.tools.ToolCallError).
+    # Set by `rlserve.tools.batch_generate_with_tools`: the calls parsed from `text`
+    # (rlserve.tools.ToolCall) and those that could not be parsed (ToolCallError).
     tool_calls: list | None = None
     tool_call_errors: list | None = None
 

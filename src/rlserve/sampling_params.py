@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from rlserve._checks import ParamError, check_int, check_number
+
 # Temperatures below this are greedy, as in vLLM (`_SAMPLING_EPS`): logits / T would
 # overflow fp32 (T = 1e-40 is a denormal whose reciprocal is inf) and sampling would
 # fail for the whole batch.
@@ -51,47 +53,54 @@ class SamplingParams:
             self.stop = [self.stop]
         self.stop = list(self.stop or [])
         self.stop_token_ids = list(self.stop_token_ids or [])
-        _check_int("n", self.n, minimum=1)
-        _check_number("temperature", self.temperature)
+        check_int("n", self.n, minimum=1)
+        check_number("temperature", self.temperature)
         if self.temperature < 0 or math.isinf(self.temperature):
-            raise ValueError(f"temperature must be >= 0 and finite, got {self.temperature}")
+            raise ParamError(
+                "temperature", f"temperature must be >= 0 and finite, got {self.temperature}"
+            )
         if self.temperature < GREEDY_TEMPERATURE_EPS:
             self.temperature = 0.0
-        _check_number("top_p", self.top_p)
+        check_number("top_p", self.top_p)
         if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        _check_int("top_k", self.top_k)
+            raise ParamError("top_p", f"top_p must be in (0, 1], got {self.top_p}")
+        check_int("top_k", self.top_k)
         if self.top_k == 0 or self.top_k < -1:
-            raise ValueError(f"top_k must be -1 (off) or >= 1, got {self.top_k}")
-        _check_number("min_p", self.min_p)
+            raise ParamError("top_k", f"top_k must be -1 (off) or >= 1, got {self.top_k}")
+        check_number("min_p", self.min_p)
         if not 0.0 <= self.min_p <= 1.0:
-            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
-        _check_int("max_tokens", self.max_tokens, minimum=1)
-        _check_int("min_tokens", self.min_tokens, minimum=0)
+            raise ParamError("min_p", f"min_p must be in [0, 1], got {self.min_p}")
+        check_int("max_tokens", self.max_tokens, minimum=1)
+        check_int("min_tokens", self.min_tokens, minimum=0)
         if self.min_tokens > self.max_tokens:
-            raise ValueError(
-                f"min_tokens ({self.min_tokens}) must be <= max_tokens ({self.max_tokens})"
+            raise ParamError(
+                "min_tokens",
+                f"min_tokens ({self.min_tokens}) must be <= max_tokens ({self.max_tokens})",
             )
         for s in self.stop:
             if not isinstance(s, str) or not s:
-                raise ValueError(f"stop must be a list of non-empty strings, got {s!r}")
+                raise ParamError("stop", f"stop must be a list of non-empty strings, got {s!r}")
         if isinstance(self.prefix_choices, str):
-            raise ValueError("prefix_choices must be a list of strings, not one string")
+            raise ParamError(
+                "prefix_choices", "prefix_choices must be a list of strings, not one string"
+            )
         self.prefix_choices = list(self.prefix_choices or [])
         for s in self.prefix_choices:
             if not isinstance(s, str) or not s:
-                raise ValueError(f"prefix_choices must be non-empty strings, got {s!r}")
+                raise ParamError(
+                    "prefix_choices", f"prefix_choices must be non-empty strings, got {s!r}"
+                )
         for t in self.stop_token_ids:
-            _check_int("stop_token_ids", t, minimum=0)
+            check_int("stop_token_ids", t, minimum=0)
         if self.seed is not None:
-            _check_int("seed", self.seed)
+            check_int("seed", self.seed)
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(self, name)
             if value is not None:
-                _check_int(name, value, minimum=0)
+                check_int(name, value, minimum=0)
         for name in ("ignore_eos", "include_stop_str_in_output", "skip_special_tokens"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+                raise ParamError(name, f"{name} must be a bool, got {getattr(self, name)!r}")
 
     @property
     def greedy(self) -> bool:
@@ -101,15 +110,3 @@ class SamplingParams:
     def logprob_temperature(self) -> float:
         """The T of the logprob contract: log_softmax(logits / T), T = 1 when greedy."""
         return 1.0 if self.greedy else self.temperature
-
-
-def _check_int(name: str, value: object, minimum: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-
-
-def _check_number(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise ValueError(f"{name} must be a number, got {value!r}")

@@ -10,15 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rlserve.engine.block_manager import BlockManager
 from rlserve.engine.prefix_constraint import TokenTexts
 from rlserve.sampling_params import SamplingParams
-
-
-def is_token_ids(value: object) -> bool:
-    """A list or tuple of ints (bools excluded: True is not token 1)."""
-    return isinstance(value, (list, tuple)) and all(
-        isinstance(t, int) and not isinstance(t, bool) for t in value
-    )
 
 
 def check_token_ids(field: str, token_ids: Sequence[int], vocab_size: int) -> None:
@@ -58,3 +52,21 @@ def check_params(
                 f"prefix_choices cannot be spelled with this tokenizer's tokens: "
                 f"no token continues after {stuck!r}"
             )
+
+
+def check_fits(
+    token_ids: list[int], params: SamplingParams, max_model_len: int, blocks: BlockManager
+) -> None:
+    """The prompt leaves room for an output, and its longest output fits the KV cache."""
+    if len(token_ids) >= max_model_len:
+        raise ValueError(
+            f"prompt is {len(token_ids)} tokens long but the model's context is "
+            f"{max_model_len} tokens (at least one must be left for the output)"
+        )
+    longest = min(len(token_ids) + params.max_tokens, max_model_len)
+    needed = blocks.blocks_needed(longest)
+    if needed > blocks.num_blocks:
+        raise ValueError(
+            f"a sequence of {longest} tokens needs {needed} KV blocks but the cache has "
+            f"{blocks.num_blocks}; raise num_blocks or kv_cache_memory, or lower max_tokens"
+        )

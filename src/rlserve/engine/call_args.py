@@ -1,13 +1,35 @@
-"""The convenience calls' arguments (`Engine.generate`, `Engine.score`), normalised."""
+"""The engine's call arguments normalised: one prompt (`add_request`), and the convenience
+calls' prompt lists, params and score pairs (`Engine.generate`, `Engine.score`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rlserve.engine.admission import is_token_ids
+from rlserve._checks import is_number, is_token_ids
+from rlserve.engine.admission import check_token_ids
 from rlserve.sampling_params import GREEDY_TEMPERATURE_EPS, SamplingParams
 
+# What the engine takes as a prompt: text, or token ids (the one definition in the engine).
 Prompt = str | list[int]
+
+
+def tokenize_prompt(prompt: Prompt, tokenizer, vocab_size: int) -> tuple[str | None, list[int]]:
+    """(the text or None, the token ids) of one prompt; ValueError unless it is a string
+    or a non-empty list of token ids inside the vocabulary."""
+    if isinstance(prompt, str):
+        token_ids = tokenizer.encode(prompt)
+        text: str | None = prompt
+    elif is_token_ids(prompt):
+        token_ids, text = list(prompt), None
+    else:
+        raise ValueError(
+            f"a prompt must be a string or a list of token ids, got {type(prompt).__name__}"
+        )
+    if not token_ids:
+        raise ValueError("the prompt is empty")
+    # Text too: a tokenizer may know more tokens than the model has embeddings for.
+    check_token_ids("prompt", token_ids, vocab_size)
+    return text, token_ids
 
 
 def prompt_list(prompts: Prompt | list[Prompt]) -> list[Prompt]:
@@ -72,7 +94,7 @@ def score_params(temperature: float) -> SamplingParams:
     """The params scoring at `temperature` runs with. A temperature below 1e-5 but above 0
     is refused: generation treats it as greedy and reports logprobs at T = 1, so scoring
     at it would silently score at T = 1 too, not at the T asked for."""
-    if isinstance(temperature, (int, float)) and 0 < temperature < GREEDY_TEMPERATURE_EPS:
+    if is_number(temperature) and 0 < temperature < GREEDY_TEMPERATURE_EPS:
         raise ValueError(
             f"temperature {temperature} is below {GREEDY_TEMPERATURE_EPS}: generation treats "
             "it as greedy (logprobs at T = 1); score with temperature=0 (T = 1) or >= "

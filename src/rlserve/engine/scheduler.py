@@ -42,9 +42,6 @@ class Scheduler:
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
 
-    def has_unfinished(self) -> bool:
-        return bool(self.waiting or self.running)
-
     @property
     def num_waiting_sequences(self) -> int:
         """Waiting sequences, counting the forks an n > 1 parent will make once admitted."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from enum import Enum
 
+from rlserve.engine.detokenizer import IncrementalDetokenizer
 from rlserve.sampling_params import SamplingParams
 
 
@@ -23,15 +24,19 @@ class Sequence:
     prefilled once, then it forks into the n samples (which share the prompt's blocks).
     """
 
-    def __init__(self, seq_id: int, request_id: str, index: int, prompt_token_ids: list[int],
-                 params: SamplingParams, seed: int, arrival: int,
-                 lora_name: str | None = None) -> None:
-        self.seq_id = seq_id
+    def __init__(
+        self,
+        request_id: str,
+        index: int,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        seed: int,
+        lora_name: str | None = None,
+    ) -> None:
         self.request_id = request_id
         self.index = index  # which of the request's n samples
         self.params = params
         self.seed = seed
-        self.arrival = arrival
         self.lora_name = lora_name
         self.token_ids = list(prompt_token_ids)
         self.num_prompt_tokens = len(prompt_token_ids)
@@ -57,6 +62,7 @@ class Sequence:
         self.finish_reason: str | None = None
         self.stop_reason: str | int | None = None
         self.text = ""  # output text (stop strings already cut)
+        self.detokenizer = IncrementalDetokenizer()
         self.num_emitted_tokens = 0  # how much step() has already reported
         self.num_emitted_chars = 0
         self.finish_emitted = False
@@ -68,10 +74,6 @@ class Sequence:
     @property
     def num_output_tokens(self) -> int:
         return len(self.token_ids) - self.num_prompt_tokens
-
-    @property
-    def output_token_ids(self) -> list[int]:
-        return self.token_ids[self.num_prompt_tokens:]
 
     @property
     def is_finished(self) -> bool:
@@ -86,10 +88,12 @@ class Sequence:
         """Prompt positions whose logits are needed (the last one only for raw logits)."""
         return self.num_prompt_tokens - (0 if self.keep_logits else 1)
 
-    def fork(self, seq_id: int, index: int) -> Sequence:
-        """A sibling sample sharing this sequence's prompt and computed KV."""
-        child = Sequence(seq_id, self.request_id, index, self.token_ids, self.params,
-                         self.seed, self.arrival, self.lora_name)
+    def fork(self, index: int) -> Sequence:
+        """A sibling sample sharing this sequence's prompt and computed KV (forks are made
+        before any output token)."""
+        child = Sequence(
+            self.request_id, index, self.token_ids, self.params, self.seed, self.lora_name
+        )
         child.num_prompt_tokens = self.num_prompt_tokens
         child.num_computed_tokens = self.num_computed_tokens
         child.num_cached_tokens = self.num_cached_tokens

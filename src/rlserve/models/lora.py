@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors.torch import load_file
 
+from rlserve._checks import is_int, is_number
+
 if TYPE_CHECKING:
     from rlserve.models.llama import LlamaModel
 
@@ -81,9 +83,9 @@ def check_adapter_config(name: str, config: object) -> tuple[int, float]:
     if not isinstance(config, dict):
         raise ValueError(f"adapter {name}: adapter_config.json must hold a JSON object")
     rank, alpha = config.get("r"), config.get("lora_alpha", PEFT_DEFAULT_LORA_ALPHA)
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+    if not is_int(rank) or rank < 1:
         raise ValueError(f"adapter {name}: r must be a positive integer, got {repr(rank)[:80]}")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+    if not is_number(alpha) or not math.isfinite(alpha):
         shown = repr(alpha)[:80]
         raise ValueError(f"adapter {name}: lora_alpha must be a finite number, got {shown}")
     for key in ("rank_pattern", "alpha_pattern"):

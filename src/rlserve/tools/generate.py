@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
+from rlserve.tools.parsers import get_parser, validate_tools
+
+if TYPE_CHECKING:  # the engine sits below: it is passed in, never imported
     from rlserve import Engine, RequestOutput, SamplingParams
 
 
@@ -16,11 +18,19 @@ def batch_generate_with_tools(
     parser: str = "hermes",
 ) -> list[RequestOutput]:
     """Chat completions for many prompts (user strings or message lists) with `tools`
-    offered; every completion carries `tool_calls` and `tool_call_errors`. `Engine.chat`
-    checks the tools before generating."""
+    offered; every completion carries the calls parsed from its text (`tool_calls`) and
+    those that failed to parse (`tool_call_errors`), in the `parser` format. The tools and
+    the parser are checked before anything is generated."""
     if not isinstance(prompts, list) or not prompts:
         raise ValueError("prompts must be a non-empty list of strings or message lists")
     if not tools:
         raise ValueError("tools must be a non-empty list of OpenAI-style tool definitions")
+    validate_tools(tools)  # parsing the replies needs the tools' names
+    tool_parser = get_parser(parser)
     conversations = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]
-    return engine.chat(conversations, params, tools=tools, tool_parser=parser)
+    outs = engine.chat(conversations, params, tools=tools)
+    for out in outs:
+        for completion in out.outputs:
+            parsed = tool_parser.parse(completion.text, tools)
+            completion.tool_calls, completion.tool_call_errors = parsed.calls, parsed.errors
+    return outs
