@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from rlserve import SamplingParams
+from rlserve.backends import Sample
 from rlserve.rl import TIRConfig, rollout, rollout_batch
-from rlserve.rl.generators import Sample
 from rlserve.rl.tir import (
     extract_code,
     format_output,

@@ -3,15 +3,17 @@
 `rollout` / `rollout_batch` run conversations with tools (or tool-integrated reasoning
 with a code sandbox) through an `Engine` or a `Client`, token in and token out, and
 return `Trajectory` objects: prompt and completion ids, aligned logprobs, loss mask,
-weight versions and segments.
+weight versions and segments. The policy is reached through `rlserve.backends` (the
+backend names below are re-exported from there); tool calls are parsed, formatted and
+executed by `rlserve.tools`.
 """
 
+from rlserve.backends import ClientGenerator, EngineGenerator, Sample, TokenGenerator
 from rlserve.rl.chat_turns import TemplateError
-from rlserve.rl.generators import ClientGenerator, EngineGenerator, Sample, TokenGenerator
 from rlserve.rl.rollout import RolloutConfig, rollout, rollout_batch
 from rlserve.rl.tir import TIRConfig
-from rlserve.rl.tool_calls import ToolError
 from rlserve.rl.trajectory import Segment, Trajectory
+from rlserve.tools import ToolError
 
 __all__ = [
     "ClientGenerator",

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlserve.rl.tokens import decode, encode, encode_with_offsets, label_tokens, render
-from rlserve.tools import ParseResult
 
 
 class TemplateError(ValueError):
@@ -50,16 +49,6 @@ def first_prompt_ids(tokenizer: Any, messages: list[dict[str, Any]],
     """The stream a trajectory starts from: the rendered conversation, ready for the
     assistant (the same ids as `Engine.render_chat`)."""
     return encode(tokenizer, render(tokenizer, messages, tools, add_generation_prompt=True))
-
-
-def assistant_message(parsed: ParseResult) -> dict[str, Any]:
-    """The assistant turn in OpenAI shape: content without call markup, `tool_calls`."""
-    message: dict[str, Any] = {"role": "assistant", "content": parsed.content}
-    if parsed.reasoning:
-        message["reasoning_content"] = parsed.reasoning
-    if parsed.calls:
-        message["tool_calls"] = [call.to_openai() for call in parsed.calls]
-    return message
 
 
 def tool_turn_insert(tokenizer: Any, stream_ids: list[int], history: list[dict[str, Any]],

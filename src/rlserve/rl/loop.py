@@ -7,8 +7,8 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import Any
 
+from rlserve.backends.base import InferenceBackend, Request, Sample
 from rlserve.rl.chat_turns import TemplateError, first_prompt_ids
-from rlserve.rl.generators import Request, Sample, TokenGenerator
 from rlserve.rl.modes import Mode
 from rlserve.rl.trajectory import Trajectory
 from rlserve.sampling_params import SamplingParams
@@ -23,12 +23,12 @@ class LoopLimits:
 
 
 class RolloutLoop:
-    """Runs conversations to completion through `generator`, with `mode` deciding what
+    """Runs conversations to completion through `backend`, with `mode` deciding what
     happens between generations. Runs on the calling thread; tools run in a pool."""
 
-    def __init__(self, generator: TokenGenerator, mode: Mode, params: SamplingParams,
+    def __init__(self, backend: InferenceBackend, mode: Mode, params: SamplingParams,
                  limits: LoopLimits) -> None:
-        self.generator = generator
+        self.backend = backend
         self.mode = mode
         self.params = mode.turn_params(params)
         self.limits = limits
@@ -52,7 +52,7 @@ class RolloutLoop:
 
     def _start(self, conversation: list[dict[str, Any]], tools: list[dict] | None) -> Trajectory:
         messages = [dict(m) for m in conversation]
-        prompt = first_prompt_ids(self.generator.tokenizer, messages, tools)
+        prompt = first_prompt_ids(self.backend.tokenizer, messages, tools)
         traj = Trajectory(prompt, messages=messages, template_messages=[dict(m) for m in messages])
         budget = self.limits.budget
         if budget is not None and len(prompt) >= budget:
@@ -79,7 +79,7 @@ class RolloutLoop:
                 jobs[k] = (pool.submit(self.mode.execute, plan), plan)
 
         if requests:
-            self.generator.generate(requests, on_done)
+            self.backend.generate(requests, on_done)
         done, _ = wait([future for future, _ in jobs.values()], timeout=self.limits.tool_timeout_s)
         for k, (future, plan) in jobs.items():
             if future in done:

@@ -12,13 +12,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from rlserve.rl.chat_turns import Insert, assistant_message, tool_turn_insert
-from rlserve.rl.generators import Sample
+from rlserve.backends.base import Sample
+from rlserve.rl.chat_turns import Insert, tool_turn_insert
 from rlserve.rl.tokens import decode
-from rlserve.rl.tool_calls import ToolExecutor, ToolResults, calls_in_order, execute_calls
 from rlserve.rl.trajectory import Trajectory
 from rlserve.sampling_params import SamplingParams
-from rlserve.tools import get_parser
+from rlserve.tools import (
+    ToolExecutor,
+    ToolResults,
+    assistant_message,
+    calls_in_order,
+    execute_calls,
+    get_parser,
+)
 
 
 @dataclass

@@ -13,16 +13,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from rlserve.rl.generators import as_generator
+from rlserve._checks import check_number, check_positive_int
+from rlserve.backends import as_backend
 from rlserve.rl.loop import LoopLimits, RolloutLoop
 from rlserve.rl.modes import ChatToolMode, Mode
 from rlserve.rl.tir import TIRConfig
 from rlserve.rl.tir_mode import TIRMode
-from rlserve.rl.tool_calls import ToolExecutor
 from rlserve.rl.trajectory import Trajectory
 from rlserve.sampling_params import SamplingParams
 from rlserve.sandbox import Sandbox
-from rlserve.tools import get_parser
+from rlserve.tools import ToolExecutor, get_parser
 
 DEFAULT_PARAMS = SamplingParams(max_tokens=512)
 
@@ -45,17 +45,16 @@ class RolloutConfig:
     tir: TIRConfig | None = None
 
     def __post_init__(self) -> None:
-        _check_int("max_assistant_turns", self.max_assistant_turns)
-        _check_int("max_tool_workers", self.max_tool_workers)
+        check_positive_int("max_assistant_turns", self.max_assistant_turns)
+        check_positive_int("max_tool_workers", self.max_tool_workers)
         if self.max_total_tokens is not None:
-            _check_int("max_total_tokens", self.max_total_tokens)
+            check_positive_int("max_total_tokens", self.max_total_tokens)
         get_parser(self.parser)  # ValueError naming the known formats
         if self.lora_name is not None and (not isinstance(self.lora_name, str)
                                            or not self.lora_name):
             raise ValueError(f"lora_name must be a non-empty string, got {self.lora_name!r}")
-        t = self.tool_timeout_s
-        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0):
-            raise ValueError(f"tool_timeout_s must be a number > 0, got {t!r}")
+        if self.tool_timeout_s is not None:
+            check_number("tool_timeout_s", self.tool_timeout_s, positive=True)
         if self.tir is not None and not isinstance(self.tir, TIRConfig):
             raise ValueError(f"tir must be a TIRConfig, got {type(self.tir).__name__}")
 
@@ -81,25 +80,25 @@ def rollout_batch(engine_or_client: Any, conversations: list[list[dict[str, Any]
     """Run many conversations together; one `Trajectory` each, in order.
 
     `engine_or_client`: an `Engine` (driven on this thread; it must have no other
-    requests in flight), a sync `rlserve.client.Client` with a tokenizer (token-id prompts to
-    `/v1/completions`), or any `TokenGenerator`. `tools`: OpenAI-style definitions shown
-    to the model. `tool_executors`: name -> `fn(**arguments)` (sync or async) returning
-    the tool's output; raise `ToolError` for a failure the model caused. `params`: per
-    round (n = 1; a set `seed` is offset by the conversation's index). For a GRPO group,
-    pass the same conversation several times. With `tir`, code between its markers runs
-    in `sandbox` (default: a fresh `Sandbox()` for this call) and `tool_executors` must
-    be None.
+    requests in flight), a sync `rlserve.client.Client` with a tokenizer (token-id
+    prompts to `/v1/completions`), or any `rlserve.backends.InferenceBackend`. `tools`:
+    OpenAI-style definitions shown to the model. `tool_executors`: name ->
+    `fn(**arguments)` (sync or async) returning the tool's output; raise `ToolError` for a
+    failure the model caused. `params`: per round (n = 1; a set `seed` is offset by the
+    conversation's index). For a GRPO group, pass the same conversation several times.
+    With `tir`, code between its markers runs in `sandbox` (default: a fresh `Sandbox()`
+    for this call) and `tool_executors` must be None.
     """
     config = RolloutConfig(max_assistant_turns, max_total_tokens, parser, lora_name,
                            tool_timeout_s, max_tool_workers, tir)
     params = _check_params(params)
     conversations = _check_conversations(conversations)
-    generator = as_generator(engine_or_client, lora_name)
-    budget = _budget(config.max_total_tokens, generator.max_model_len)
+    backend = as_backend(engine_or_client, lora_name)
+    budget = _budget(config.max_total_tokens, backend.max_model_len)
     limits = LoopLimits(config.max_assistant_turns, budget, config.tool_timeout_s,
                         config.max_tool_workers)
-    with _mode(generator.tokenizer, tools, tool_executors, config, sandbox) as mode:
-        return RolloutLoop(generator, mode, params, limits).run(conversations, tools)
+    with _mode(backend.tokenizer, tools, tool_executors, config, sandbox) as mode:
+        return RolloutLoop(backend, mode, params, limits).run(conversations, tools)
 
 
 @contextmanager
@@ -153,8 +152,3 @@ def _check_executors(executors: Mapping[str, ToolExecutor] | None) -> dict[str, 
             raise ValueError(f"tool_executors must map names to callables; got {name!r}: "
                              f"{type(fn).__name__}")
     return executors
-
-
-def _check_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")

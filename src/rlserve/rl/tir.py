@@ -19,6 +19,7 @@ import re
 import textwrap
 from dataclasses import dataclass
 
+from rlserve._checks import check_int, check_number
 from rlserve.sandbox import SandboxResult
 
 _FENCE = re.compile(r"^\s*```[\w+.-]*[ \t]*\n(?P<code>.*?)\n?[ \t]*```\s*$", re.S)
@@ -43,13 +44,8 @@ class TIRConfig:
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
                 raise ValueError(f"{name} must be a non-empty string, got {value!r}")
-        if isinstance(self.timeout_s, bool) or not isinstance(self.timeout_s, (int, float)) \
-                or not self.timeout_s > 0:
-            raise ValueError(f"timeout_s must be a number > 0, got {self.timeout_s!r}")
-        if isinstance(self.max_output_chars, bool) or not isinstance(self.max_output_chars, int) \
-                or self.max_output_chars < 16:
-            raise ValueError(f"max_output_chars must be an integer >= 16, got "
-                             f"{self.max_output_chars!r}")
+        check_number("timeout_s", self.timeout_s, positive=True)
+        check_int("max_output_chars", self.max_output_chars, minimum=16)
 
 
 def extract_code(text: str, config: TIRConfig) -> str | None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from rlserve.backends.base import Sample
 from rlserve.rl.chat_turns import Insert
-from rlserve.rl.generators import Sample
 from rlserve.rl.modes import Continuation, sampled_text
 from rlserve.rl.tir import (
     TIRConfig,
@@ -42,7 +42,7 @@ class TIRMode:
     """One assistant turn interleaving generation and sandboxed code runs. The end
     marker stops generation as a stop string, and also as a stop token id when it is one
     token: a model may spell it either way. A round that stopped with text ending in the
-    marker counts too, whatever stop reason the generator gave."""
+    marker counts too, whatever stop reason the backend gave."""
 
     def __init__(self, tokenizer: Any, config: TIRConfig, sandbox: Sandbox) -> None:
         self.tokenizer = tokenizer
@@ -109,7 +109,7 @@ class TIRMode:
             return False
         if sample.stop_reason is not None and sample.stop_reason in (self.config.end, self.end_id):
             return True
-        # The generator stopped without naming the marker (a server that reports no stop
+        # The backend stopped without naming the marker (a server that reports no stop
         # reason), or the marker came as ordinary tokens that end the text.
         return text.endswith(self.config.end)
 

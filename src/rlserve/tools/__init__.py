@@ -1,7 +1,17 @@
-"""Tool calling: parse tool calls out of model output, one-shot or while streaming."""
+"""Tool calling: parse tool calls out of model output (one-shot or while streaming), force
+them for `tool_choice`, write replies and results as OpenAI messages, run them with
+user-supplied executors."""
 
 from rlserve.tools.choice import forced_call_prefixes
+from rlserve.tools.executors import (
+    ToolError,
+    ToolExecutor,
+    ToolResults,
+    calls_in_order,
+    execute_calls,
+)
 from rlserve.tools.generate import batch_generate_with_tools
+from rlserve.tools.messages import assistant_message, tool_message
 from rlserve.tools.parsers import (
     PARSERS,
     ParseResult,
@@ -21,10 +31,17 @@ __all__ = [
     "StreamingToolParser",
     "ToolCall",
     "ToolCallError",
+    "ToolError",
+    "ToolExecutor",
     "ToolParser",
+    "ToolResults",
+    "assistant_message",
     "batch_generate_with_tools",
+    "calls_in_order",
+    "execute_calls",
     "forced_call_prefixes",
     "get_parser",
     "parse_tool_calls",
+    "tool_message",
     "validate_tools",
 ]

@@ -137,6 +137,32 @@ class ToolParser(ABC):
         when ``ctx.final``)."""
 
 
+class TaggedBlockParser(ToolParser):
+    """A format whose calls sit in one ``open_tag ... close_tag`` block; a missing close tag
+    at the very end of the output is tolerated (the block runs to the end)."""
+
+    open_tag: ClassVar[str]
+    close_tag: ClassVar[str]
+
+    def match(self, ctx: ScanContext, start: int) -> Match | None:
+        text = ctx.text
+        if not text.startswith(self.open_tag, start):
+            return self.partial_marker(ctx, start)
+        close = text.find(self.close_tag, start + len(self.open_tag))
+        if close == -1 and not ctx.final:
+            return None
+        inner_end = len(text) if close == -1 else close
+        end = len(text) if close == -1 else close + len(self.close_tag)
+        return Match(end, tuple(self.block_items(ctx, start, inner_end, end)))
+
+    @abstractmethod
+    def block_items(
+        self, ctx: ScanContext, start: int, inner_end: int, end: int
+    ) -> list[ToolCall | ToolCallError]:
+        """The calls and errors of the block ``text[start:end]``, whose body ends at
+        ``inner_end``."""
+
+
 def skip_space(text: str, i: int, chars: str = " \t\r\n") -> int:
     """First index >= ``i`` whose character is not in ``chars``."""
     while i < len(text) and text[i] in chars:

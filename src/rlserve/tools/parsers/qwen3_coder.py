@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from rlserve.tools.parsers.base import Match, ScanContext, ToolParser
+from rlserve.tools.parsers.base import ScanContext, TaggedBlockParser
 from rlserve.tools.parsers.schema import ToolIndex, build_call, convert_value
 from rlserve.tools.parsers.types import ToolCall, ToolCallError
 from rlserve.tools.parsers.xml_format import strip_one_newline
@@ -18,7 +18,7 @@ PARAM_TAG = re.compile(r"<parameter=([^>\n]*)>")
 PARAM_CLOSE = "</parameter>"
 
 
-class Qwen3CoderParser(ToolParser):
+class Qwen3CoderParser(TaggedBlockParser):
     """Values are raw text between the parameter tags (one surrounding newline dropped),
     converted by the tool schema's type when known, else JSON-decoded if possible, else
     strings. A missing ``</parameter>`` ends the value at the next parameter or
@@ -26,22 +26,16 @@ class Qwen3CoderParser(ToolParser):
 
     name = "qwen3_coder"
     markers = (OPEN,)
+    open_tag, close_tag = OPEN, CLOSE
 
     def call_prefix(self, name: str) -> str:
         return f"{OPEN}\n<function={name}>\n"
 
-    def match(self, ctx: ScanContext, start: int) -> Match | None:
-        text = ctx.text
-        if not text.startswith(OPEN, start):
-            return self.partial_marker(ctx, start)
-        close = text.find(CLOSE, start + len(OPEN))
-        if close == -1 and not ctx.final:
-            return None
-        inner_end = len(text) if close == -1 else close
-        end = len(text) if close == -1 else close + len(CLOSE)
-        raw = text[start:end]
-        items = parse_functions(text, start + len(OPEN), inner_end, ctx.tools, (raw, start, end))
-        return Match(end, tuple(items))
+    def block_items(
+        self, ctx: ScanContext, start: int, inner_end: int, end: int
+    ) -> list[ToolCall | ToolCallError]:
+        region = (ctx.text[start:end], start, end)
+        return parse_functions(ctx.text, start + len(OPEN), inner_end, ctx.tools, region)
 
 
 def parse_functions(

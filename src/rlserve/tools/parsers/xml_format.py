@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from rlserve.tools.parsers.base import Match, ScanContext, ToolParser
+from rlserve.tools.parsers.base import ScanContext, TaggedBlockParser
 from rlserve.tools.parsers.schema import ToolIndex, build_call, convert_value
 from rlserve.tools.parsers.types import ToolCall, ToolCallError
 
@@ -26,29 +26,25 @@ def strip_one_newline(value: str) -> str:
     return value
 
 
-class XmlParser(ToolParser):
+class XmlParser(TaggedBlockParser):
     """Each ``<invoke>`` is one call; parameter values are converted by the tool schema's
     type when known, else JSON-decoded when they parse, else kept as strings."""
 
     name = "xml"
     markers = (OPEN,)
+    open_tag, close_tag = OPEN, CLOSE
 
     def call_prefix(self, name: str) -> str:
         return f'{OPEN}\n<invoke name="{name}">\n'
 
-    def match(self, ctx: ScanContext, start: int) -> Match | None:
-        text = ctx.text
-        if not text.startswith(OPEN, start):
-            return self.partial_marker(ctx, start)
-        close = text.find(CLOSE, start + len(OPEN))
-        if close == -1 and not ctx.final:
-            return None
-        inner_end = len(text) if close == -1 else close
-        end = len(text) if close == -1 else close + len(CLOSE)
-        items = parse_invokes(text, start + len(OPEN), inner_end, ctx.tools)
+    def block_items(
+        self, ctx: ScanContext, start: int, inner_end: int, end: int
+    ) -> list[ToolCall | ToolCallError]:
+        items = parse_invokes(ctx.text, start + len(OPEN), inner_end, ctx.tools)
         if not items:
-            items = [ToolCallError("no <invoke> in <function_calls>", text[start:end], start, end)]
-        return Match(end, tuple(items))
+            text = ctx.text[start:end]
+            items = [ToolCallError("no <invoke> in <function_calls>", text, start, end)]
+        return items
 
 
 def parse_invokes(

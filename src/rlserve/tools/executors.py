@@ -1,13 +1,14 @@
-"""Run one assistant turn's tool calls with user-supplied executors.
+"""Run one reply's tool calls with user-supplied executors.
 
 An executor is a plain callable `fn(**arguments)` returning the tool's output (a string,
 or anything JSON-serialisable), or an awaitable of it. Failures are sorted in two:
 
-- model errors go back to the model as the tool message "Error: ..." and the rollout
+- model errors go back to the model as the tool message "Error: ..." and the caller
   continues: a call that did not parse, an unknown tool, arguments that do not fit the
   executor's signature, or an executor raising `ToolError`;
-- any other exception from an executor is an infrastructure error: the trajectory ends
-  with `infra_error=True`, so a trainer can drop it rather than penalise the policy.
+- any other exception from an executor is an infrastructure error (`ToolResults.
+  infra_error`): a rollout ends the trajectory with `infra_error=True`, so a trainer can
+  drop it rather than penalise the policy.
 """
 
 from __future__ import annotations
@@ -19,19 +20,20 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlserve.tools import ParseResult, ToolCall, ToolCallError
+from rlserve.tools.messages import tool_message
+from rlserve.tools.parsers.types import ParseResult, ToolCall, ToolCallError
 
 ToolExecutor = Callable[..., Any]
 
 
 class ToolError(Exception):
     """Raise from an executor when the call itself is at fault (bad expression, invalid
-    argument value): the message is shown to the model and the rollout goes on."""
+    argument value): the message is shown to the model and the caller goes on."""
 
 
 @dataclass
 class ToolResults:
-    """The tool messages of one turn (in call order), or the infrastructure error that
+    """The tool messages of one reply (in call order), or the infrastructure error that
     stopped it."""
 
     messages: list[dict[str, Any]] = field(default_factory=list)
@@ -43,8 +45,10 @@ def calls_in_order(parsed: ParseResult) -> list[ToolCall | ToolCallError]:
     return sorted([*parsed.calls, *parsed.errors], key=lambda item: item.start_pos)
 
 
-def execute_calls(items: list[ToolCall | ToolCallError],
-                  executors: Mapping[str, ToolExecutor]) -> ToolResults:
+def execute_calls(
+    items: list[ToolCall | ToolCallError],
+    executors: Mapping[str, ToolExecutor],
+) -> ToolResults:
     """Run every call (blocking; meant for a worker thread)."""
     results = ToolResults()
     for item in items:
@@ -60,18 +64,6 @@ def execute_calls(items: list[ToolCall | ToolCallError],
             return results
         results.messages.append(tool_message(text, name=item.name, call_id=item.id))
     return results
-
-
-def tool_message(content: str, name: str | None = None,
-                 call_id: str | None = None) -> dict[str, Any]:
-    """A `role: tool` message in OpenAI shape."""
-    message: dict[str, Any] = {"role": "tool"}
-    if call_id is not None:
-        message["tool_call_id"] = call_id
-    if name is not None:
-        message["name"] = name
-    message["content"] = content
-    return message
 
 
 def _run_one(call: ToolCall, executors: Mapping[str, ToolExecutor]) -> str:
