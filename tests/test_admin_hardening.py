@@ -296,7 +296,7 @@ def test_concurrent_unnamed_loads_install_one_default(server, weights, monkeypat
     """Two unnamed loads with no default adapter: the first becomes the default, the
     second replaces it in place (never two defaults racing). Fault injection: the first
     engine call waits until the second request has started, so the two always overlap."""
-    from rlserve.server import admin_routes
+    from rlserve.server import admin_adapters
 
     url, state = server.url, server.app.state.rlserve
     for name in ("race-a", "race-b"):
@@ -315,8 +315,8 @@ def test_concurrent_unnamed_loads_install_one_default(server, weights, monkeypat
             await asyncio.wait_for(second_started.wait(), 30)
         return await real_call(fn, check=check)
 
-    real_check, real_call = admin_routes.check_adapter_config, state.loop.call
-    monkeypatch.setattr(admin_routes, "check_adapter_config", counting_check)
+    real_check, real_call = admin_adapters.check_adapter_config, state.loop.call
+    monkeypatch.setattr(admin_adapters, "check_adapter_config", counting_check)
     monkeypatch.setattr(state.loop, "call", gated_call)
     replies: dict[str, httpx.Response] = {}
 

@@ -22,6 +22,7 @@ from rlserve.client import (
     Client,
     WeightSyncController,
 )
+from rlserve.client.flows import decoded
 from rlserve.client.payloads import PreparedCall
 from tests.conftest_server import FakeHTTPServer, Recorded
 
@@ -160,16 +161,21 @@ def test_async_chat_generate(fake: FakeHTTPServer) -> None:
 
 def test_error_json_is_parsed(fake: FakeHTTPServer) -> None:
     with Client(fake.url, max_retries=0) as client, pytest.raises(APIStatusError) as err:
-        client._json(PreparedCall("/x", {}))
+        client._run(decoded(client, PreparedCall("/x", {})))
     assert err.value.status_code == 404 and err.value.message == "no route /x"
 
 
+# The torch-free base modules the client may share with the server (plain-Python rules).
+CLIENT_MAY_IMPORT = ("rlserve._checks", "rlserve.chat_messages", "rlserve.pause_mode",
+                     "rlserve.sampling_params")
+
+
 def test_import_does_not_pull_torch_or_rest_of_rlserve() -> None:
-    code = (  # rlserve.chat_messages: plain-Python rules shared with the server
+    code = (
         "import sys, json, rlserve.client; "
         "mods = [m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'transformers'))"
         " or (m.startswith('rlserve.') and not m.startswith('rlserve.client')"
-        " and m != 'rlserve.chat_messages')]; "
+        f" and m not in {CLIENT_MAY_IMPORT!r})]; "
         "print(json.dumps(mods))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

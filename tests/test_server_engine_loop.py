@@ -19,7 +19,8 @@ from rlserve.server.engine_loop import (
 
 
 class FakeEngine:
-    """Each step gives every request one token until it has `max_tokens`."""
+    """Each step gives every request one token until it has `max_tokens` (the part of
+    EngineCore's interface the loop drives)."""
 
     def __init__(self, fail_on_step: int | None = None, step_s: float = 0.0) -> None:
         self.requests: dict[str, list[int]] = {}
@@ -31,16 +32,22 @@ class FakeEngine:
         self.paused: str | None = None  # never paused: the control plane is not under test
         self.adapters: dict[str, object] = {}
 
-    def add_request(self, prompt, params: SamplingParams, request_id: str) -> str:
+    def add_request(
+        self, prompt, params: SamplingParams, request_id: str, *, lora_name: str | None = None
+    ) -> str:
         if prompt == "bad":
             raise ValueError("prompt is bad")
         self.requests[request_id] = []
         self.limits[request_id] = params.max_tokens
         return request_id
 
-    def abort(self, request_id: str) -> bool:
+    def abort(self, request_id: str, reason: str | None = None) -> bool:
         self.aborted.append(request_id)
         return self.requests.pop(request_id, None) is not None
+
+    @property
+    def num_running(self) -> int:
+        return len(self.requests)
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests)
@@ -153,10 +160,10 @@ def test_queue_limit_and_stopped_loop() -> None:
     loop = _loop(engine, max_queue=2)
 
     async def main() -> None:
-        loop._queued_sequences = 2  # as if two requests were still in the inbox
+        loop._admission.queued = 2  # as if two requests were still in the inbox
         with pytest.raises(Overloaded, match="--max-queue 2"):
             loop.submit(["a"], SamplingParams())
-        loop._queued_sequences = 0
+        loop._admission.queued = 0
 
     asyncio.run(main())
     loop.stop()

@@ -210,7 +210,7 @@ def test_size_bound_never_refuses_a_prompt_that_fits(data, bundled_tokenizer) ->
 def bundled_tokenizer() -> dict[str, Any]:
     from transformers import AutoTokenizer
 
-    from rlserve.engine.engine import EngineConfig
+    from rlserve.config import EngineConfig
 
     tokenizer = AutoTokenizer.from_pretrained(str(EngineConfig().model_path))
     pieces = [tokenizer.decode([i]) for i in range(len(tokenizer))]
@@ -283,7 +283,7 @@ def test_a_refused_request_is_never_tokenised(input_server: RunningServer) -> No
         _error(httpx.post(url + "/generate", json=many), 400, "--max-queue")
         too_many = {**chat, "n": 9, "best_of": 9}
         _error(httpx.post(url + "/v1/chat/completions", json=too_many), 400, "--max-queue")
-        state.loop._queued_sequences = 8
+        state.loop._admission.queued = 8
         try:
             for path, body in (
                 ("/generate", {"prompt": "refused generate", "max_tokens": 1}),
@@ -292,7 +292,7 @@ def test_a_refused_request_is_never_tokenised(input_server: RunningServer) -> No
             ):
                 _error(httpx.post(url + path, json=body), 429, "--max-queue 8")
         finally:
-            state.loop._queued_sequences = 0
+            state.loop._admission.queued = 0
     assert not [text for text in encoded if "refused" in text], encoded
 
 

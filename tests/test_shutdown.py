@@ -240,7 +240,7 @@ def test_a_second_signal_exits_at_once(draining) -> None:
     """Fault injection (a sequence counted as queued, so the drain cannot end by itself):
     the first signal drains, the second forces uvicorn's exit without waiting."""
     srv = draining(grace_s=120)
-    srv.loop._queued_sequences = 1
+    srv.loop._admission.queued = 1
     try:
         srv.signal()
         assert _shutting_down(srv.url) and not srv.exited()
@@ -248,7 +248,7 @@ def test_a_second_signal_exits_at_once(draining) -> None:
         srv.thread.join(30)
         assert srv.exited() and srv.server.force_exit
     finally:
-        srv.loop._queued_sequences = 0
+        srv.loop._admission.queued = 0
 
 
 def test_shutdown_flags() -> None:

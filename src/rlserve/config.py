@@ -1,15 +1,21 @@
-"""Engine configuration, validated once."""
+"""Engine configuration, validated once. Torch is imported only to check and use a config,
+so that reading the fields (e.g. to build `rlserve serve` flags) stays cheap."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from rlserve._checks import check_positive_int
+
+if TYPE_CHECKING:
+    import torch
 
 BUNDLED_MODEL = Path(__file__).parent / "assets"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = ("float32", "bfloat16", "float16")
 DEFAULT_KV_CACHE_MEMORY = 512 * 1024**2
+SERVER_FLAG = "server_flag"  # metadata: the `rlserve serve` flag that sets this field
 
 
 @dataclass
@@ -19,27 +25,60 @@ class EngineConfig:
     The KV cache holds `num_blocks` blocks of `block_size` tokens; when `num_blocks` is not
     given it is derived from `kv_cache_memory` bytes (default 512 MiB, capped at what
     `max_num_seqs` full-length sequences could use). Memory is never guessed from the device.
+    Each field's `help` metadata is its `rlserve serve` flag's help text.
     """
 
-    model: str | None = None
-    dtype: str = "float32"
-    device: str = "cpu"
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int = 2048
-    max_model_len: int | None = None  # default: the model's max_position_embeddings
-    block_size: int = 16
-    num_blocks: int | None = None
-    kv_cache_memory: int | None = None
-    enable_prefix_caching: bool = True
-    seed: int = 0  # seeds the per-request noise of requests that bring no seed
-    trust_remote_code: bool = False
+    model: str | None = field(
+        default=None,
+        metadata={
+            "help": "local checkpoint folder (None: the bundled model)",
+            SERVER_FLAG: "--model",
+        },
+    )
+    dtype: str = field(default="float32", metadata={"help": "engine dtype"})
+    device: str = field(default="cpu", metadata={"help": "engine device"})
+    max_num_seqs: int = field(
+        default=256,
+        metadata={"help": "most sequences per engine step", SERVER_FLAG: "--max-batch"},
+    )
+    max_num_batched_tokens: int = field(
+        default=2048, metadata={"help": "most tokens (prefill included) per engine step"}
+    )
+    max_model_len: int | None = field(
+        default=None, metadata={"help": "context length (default: the model's)"}
+    )
+    block_size: int = field(default=16, metadata={"help": "tokens per KV-cache block"})
+    num_blocks: int | None = field(
+        default=None, metadata={"help": "KV-cache blocks (default: from memory)"}
+    )
+    kv_cache_memory: int | None = field(
+        default=None,
+        metadata={"help": "KV-cache bytes when --num-blocks is not given (default: 512 MiB)"},
+    )
+    enable_prefix_caching: bool = field(
+        default=True, metadata={"help": "reuse the KV of prompt prefixes seen before"}
+    )
+    seed: int = field(
+        default=0, metadata={"help": "seeds the noise of requests that bring no seed"}
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "run the checkpoint's own model and tokenizer code",
+            SERVER_FLAG: "--trust-remote-code",
+        },
+    )
 
     def __post_init__(self) -> None:
+        import torch
+
         if self.model is not None:
             path = Path(self.model).expanduser()
             if not path.is_dir():
-                raise ValueError(f"model path {self.model!r} is not a local checkpoint folder "
-                                 "(rlserve loads Hugging Face checkpoints from disk)")
+                raise ValueError(
+                    f"model path {self.model!r} is not a local checkpoint folder "
+                    "(rlserve loads Hugging Face checkpoints from disk)"
+                )
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         try:
@@ -47,10 +86,10 @@ class EngineConfig:
         except (RuntimeError, TypeError) as e:
             raise ValueError(f"device {self.device!r} is not a torch device: {e}") from None
         for name in ("max_num_seqs", "max_num_batched_tokens", "block_size"):
-            _positive(name, getattr(self, name))
+            check_positive_int(name, getattr(self, name))
         for name in ("max_model_len", "num_blocks", "kv_cache_memory"):
             if getattr(self, name) is not None:
-                _positive(name, getattr(self, name))
+                check_positive_int(name, getattr(self, name))
 
     @property
     def model_path(self) -> Path:
@@ -58,9 +97,6 @@ class EngineConfig:
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
+        import torch
 
-
-def _positive(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        return getattr(torch, self.dtype)

@@ -9,10 +9,11 @@ from typing import Any
 
 from fastapi import Request
 
+from rlserve._checks import is_int
+from rlserve.pause_mode import PauseMode
 from rlserve.server.errors import APIError, shown
 from rlserve.server.http_utils import decode_json, read_body
 
-UPDATE_MODES = ("keep", "wait", "abort")
 _INT = re.compile(r"-?[0-9]{1,19}")
 _TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no")
 
@@ -34,7 +35,7 @@ def as_bool(value: Any, param: str) -> bool:
         return value
     if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
         return value.lower() in _TRUE
-    if isinstance(value, int) and value in (0, 1):
+    if is_int(value) and value in (0, 1):
         return bool(value)
     raise APIError(400, f"{param} must be true or false, got {shown(value)}", param)
 
@@ -45,21 +46,22 @@ def as_version(value: Any) -> int | None:
         return None
     if isinstance(value, str) and _INT.fullmatch(value):
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_int(value):
         raise APIError(400, f"version must be an integer, got {shown(value)}", "version")
     return value
 
 
-def as_mode(value: Any) -> str:
-    """One of UPDATE_MODES ("keep" when not given)."""
+def as_mode(value: Any) -> PauseMode:
+    """The PauseMode named by `value` ("keep" when not given); 400 otherwise."""
     if value is None or value == "":
-        return "keep"
-    if not isinstance(value, str) or value not in UPDATE_MODES:
-        raise APIError(400, f"mode must be one of {UPDATE_MODES}, got {shown(value)}", "mode")
-    return value
+        return PauseMode.KEEP
+    modes = tuple(mode.value for mode in PauseMode)
+    if not isinstance(value, str) or value not in modes:
+        raise APIError(400, f"mode must be one of {modes}, got {shown(value)}", "mode")
+    return PauseMode(value)
 
 
-def update_options(source: Mapping[str, Any]) -> tuple[int | None, str, bool]:
+def update_options(source: Mapping[str, Any]) -> tuple[int | None, PauseMode, bool]:
     """(version, mode, recompute_kv) from a JSON body or the query string."""
     mode = as_mode(source.get("mode"))
     recompute = as_bool(source.get("recompute_kv", False), "recompute_kv")

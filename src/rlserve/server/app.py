@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI
 
 from rlserve.server.admin_routes import admin_router
-from rlserve.server.auth import bearer_guard
+from rlserve.server.auth import api_access
 from rlserve.server.config import ServerConfig
 from rlserve.server.engine_loop import EngineLoop
 from rlserve.server.errors import install_error_handlers
@@ -20,6 +20,9 @@ from rlserve.server.openai_routes import openai_router
 from rlserve.server.ops_routes import ops_router
 from rlserve.server.rl_routes import rl_router
 from rlserve.server.state import ServerState
+
+if TYPE_CHECKING:
+    from rlserve.engine.core import EngineCore
 
 BUNDLED_MODEL_NAME = "rlserve-tiny"
 
@@ -31,11 +34,10 @@ def load_tokenizer(model_path: str, trust_remote_code: bool = False) -> Any:
     return AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
 
 
-def build_state(engine: Any, config: ServerConfig, tokenizer: Any = None) -> ServerState:
-    max_batch = getattr(getattr(engine, "config", None), "max_num_seqs", config.max_batch)
+def build_state(engine: EngineCore, config: ServerConfig, tokenizer: Any = None) -> ServerState:
     loop = EngineLoop(
         engine,
-        max_batch=max_batch,
+        max_batch=engine.config.max_num_seqs,
         flush_interval_s=config.flush_interval_s,
         max_queue=config.max_queue,
     )
@@ -53,7 +55,9 @@ def build_state(engine: Any, config: ServerConfig, tokenizer: Any = None) -> Ser
     )
 
 
-def create_app(engine: Any, config: ServerConfig | None = None, tokenizer: Any = None) -> FastAPI:
+def create_app(
+    engine: EngineCore, config: ServerConfig | None = None, tokenizer: Any = None
+) -> FastAPI:
     """The rlserve HTTP app. The engine thread starts with the app and stops with it.
 
     `engine` must not be used by anyone else while the app runs (it is not thread-safe).
@@ -73,7 +77,8 @@ def create_app(engine: Any, config: ServerConfig | None = None, tokenizer: Any =
     app.state.rlserve = state
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
-    guarded = [Depends(bearer_guard(config.api_key, "API key"))] if config.api_key else []
+    access = api_access(config)
+    guarded = [Depends(access)] if access.checks else []
     app.include_router(openai_router(state), dependencies=guarded)
     app.include_router(rl_router(state), dependencies=guarded)
     app.include_router(admin_router(state))

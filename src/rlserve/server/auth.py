@@ -1,11 +1,15 @@
-"""Who may call which route: bearer tokens (the API key, the admin key) and the
-loopback-only rule for admin routes on a server without keys."""
+"""Who may call which route: one dependency, `Access`, for every router.
+
+The OpenAI and RL routes need the API key as bearer token when the server has one. The
+admin routes need the admin key (or else the API key); with neither key they answer
+loopback clients only, unless `allow_open_admin` opens them to every client.
+"""
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
-from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fastapi import Request
@@ -14,8 +18,6 @@ from rlserve.server.errors import APIError
 
 if TYPE_CHECKING:
     from rlserve.server.config import ServerConfig
-
-Guard = Callable[[Request], Awaitable[None]]
 
 
 def is_loopback(host: str | None) -> bool:
@@ -32,40 +34,48 @@ def is_loopback(host: str | None) -> bool:
     return (mapped or address).is_loopback
 
 
-def bearer_guard(key: str, what: str) -> Guard:
-    """A dependency refusing requests without `Authorization: Bearer <key>` (401);
-    `what` names the key in the message ("API key", "admin key")."""
-    expected = f"Bearer {key}".encode()
+@dataclass(frozen=True)
+class Access:
+    """A FastAPI dependency: `Authorization: Bearer <key>` when `key` is set (401, naming
+    the key as `key_name`), else loopback clients only when `loopback_only` (403)."""
 
-    async def check(request: Request) -> None:
-        given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
-            raise APIError(401, f"missing or wrong {what} (send 'Authorization: Bearer <{what}>')")
+    key: str | None = None
+    key_name: str = "API key"
+    loopback_only: bool = False
 
-    return check
+    @property
+    def checks(self) -> bool:
+        """Whether it refuses anyone (else a router need not depend on it)."""
+        return self.key is not None or self.loopback_only
+
+    async def __call__(self, request: Request) -> None:
+        if self.key is not None:
+            given = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(given, f"Bearer {self.key}".encode()):
+                name = self.key_name
+                raise APIError(
+                    401, f"missing or wrong {name} (send 'Authorization: Bearer <{name}>')"
+                )
+            return
+        host = request.client.host if request.client else None
+        if self.loopback_only and not is_loopback(host):
+            raise APIError(
+                403,
+                "admin routes only answer loopback clients when the server has "
+                "no --admin-key or --api-key",
+            )
 
 
-def admin_guard(config: ServerConfig) -> Guard:
-    """The dependency guarding the admin routes: the admin key (or the API key) as bearer
-    token (401), else loopback clients only (403), else (`allow_open_admin`) nothing."""
+def api_access(config: ServerConfig) -> Access:
+    """The OpenAI and RL routes: the API key, if the server has one."""
+    return Access(config.api_key or None)
+
+
+def admin_access(config: ServerConfig) -> Access:
+    """The admin routes: the admin key (or the API key) as bearer token, else loopback
+    clients only, else (`allow_open_admin`) everyone."""
     if config.admin_key:
-        return bearer_guard(config.admin_key, "admin key")
+        return Access(config.admin_key, "admin key")
     if config.api_key:
-        return bearer_guard(config.api_key, "API key")
-    if config.allow_open_admin:
-        return _open_guard
-    return _loopback_guard
-
-
-async def _open_guard(request: Request) -> None:
-    return None
-
-
-async def _loopback_guard(request: Request) -> None:
-    host = request.client.host if request.client else None
-    if not is_loopback(host):
-        raise APIError(
-            403,
-            "admin routes only answer loopback clients when the server has "
-            "no --admin-key or --api-key",
-        )
+        return Access(config.api_key)
+    return Access(loopback_only=not config.allow_open_admin)

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from rlserve.chat_messages import chat_template_options, with_joined_text
-from rlserve.outputs import RequestOutput
-from rlserve.server.accumulate import PromptResult, Sample
-from rlserve.server.completions_format import results_usage, usage
+from rlserve.outputs import CompletionOutput, RequestOutput
 from rlserve.server.errors import APIError, shown
 from rlserve.server.logprob_format import chat_logprobs, prompt_logprobs_entries
+from rlserve.server.openai_format import envelope, results_usage, token_id_fields, usage
 from rlserve.server.prompt_input import tokenize_chat_text
 from rlserve.server.protocol import ChatCompletionRequest
 from rlserve.server.state import ServerState
@@ -132,12 +130,7 @@ class ChatView:
         )
         self.text_of = state.renderer.text
         self.prefix = echo_prefix(req)
-        self.base = {
-            "id": response_id,
-            "object": "chat.completion",
-            "created": int(time.time()),  # this request's time, as OpenAI sends
-            "model": state.model_name,
-        }
+        self.base = envelope(response_id, "chat.completion", state.model_name)
         self.prompt_ids = prompt_ids
         self.completion_tokens = 0
 
@@ -148,10 +141,10 @@ class ChatView:
 
     # ---- whole response -------------------------------------------------------------------
 
-    def response(self, result: PromptResult) -> dict[str, Any]:
+    def response(self, result: RequestOutput) -> dict[str, Any]:
         body = {
             **self.base,
-            "choices": [self.choice(s) for s in result.samples],
+            "choices": [self.choice(s) for s in result.outputs],
             "usage": results_usage([result]),
         }
         if self.req.return_token_ids:
@@ -165,7 +158,7 @@ class ChatView:
             )
         return body
 
-    def choice(self, sample: Sample) -> dict[str, Any]:
+    def choice(self, sample: CompletionOutput) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": sample.text}
         reason = sample.finish_reason
         if self.tool_format is not None:
@@ -181,8 +174,7 @@ class ChatView:
             "stop_reason": sample.stop_reason,
         }
         if self.req.return_token_ids:
-            choice["token_ids"] = sample.token_ids
-            choice["weight_versions"] = sample.weight_versions
+            choice.update(token_id_fields(sample))
         return choice
 
     # ---- stream chunks --------------------------------------------------------------------
@@ -215,8 +207,7 @@ class ChatView:
                 "stop_reason": out.stop_reason,
             }
             if self.req.return_token_ids:
-                choice["token_ids"] = out.token_ids
-                choice["weight_versions"] = out.weight_versions
+                choice.update(token_id_fields(out))
             self.completion_tokens += len(out.token_ids)
             chunks.append(self._chunk(choice))
         return chunks

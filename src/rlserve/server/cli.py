@@ -10,150 +10,53 @@ import threading
 import time
 from collections.abc import Iterator
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from rlserve.server.config import LOG_LEVELS, ServerConfig
+from rlserve.config import EngineConfig
+from rlserve.server.cli_flags import add_flags, values_of
+from rlserve.server.config import ServerConfig
 from rlserve.server.engine_loop import EngineLoop
+
+if TYPE_CHECKING:
+    from rlserve.engine.core import EngineCore
 
 log = logging.getLogger("rlserve.server")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    """The flags of ServerConfig, then those of EngineConfig (see `cli_flags`)."""
+    parser = argparse.ArgumentParser(
         prog="rlserve serve",
         description="Serve a model with OpenAI-compatible and RL endpoints.",
     )
-    d = ServerConfig()
-    p.add_argument("--model", help="local Hugging Face checkpoint (default: the bundled model)")
-    p.add_argument("--host", default=d.host, help="bind address (default: %(default)s)")
-    p.add_argument("--port", type=int, default=d.port, help="(default: %(default)s)")
-    p.add_argument(
-        "--max-batch",
-        type=int,
-        default=d.max_batch,
-        help="most sequences per engine step (default: %(default)s)",
-    )
-    p.add_argument(
-        "--flush-interval-ms",
-        type=float,
-        default=d.flush_interval_ms,
-        help="how long a request reaching an idle engine waits for companions "
-        "(default: %(default)s)",
-    )
-    p.add_argument(
-        "--max-tokens",
-        type=int,
-        default=d.max_tokens,
-        help="default and limit of a request's max_tokens (default: %(default)s)",
-    )
-    p.add_argument(
-        "--max-queue",
-        type=int,
-        default=d.max_queue,
-        help="sequences allowed to wait; more get 429 (default: %(default)s)",
-    )
-    p.add_argument("--adapter-path", help="PEFT LoRA adapter to load and serve by default")
-    p.add_argument("--adapter-name", help="its model id (default: the adapter folder's name)")
-    p.add_argument("--trust-remote-code", action="store_true")
-    p.add_argument("--log-level", default=d.log_level, type=str.upper, choices=LOG_LEVELS)
-    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/* and /generate")
-    p.add_argument("--served-model-name", help="model id in /v1/models")
-    p.add_argument(
-        "--tool-call-parser",
-        default="hermes",
-        help="format of tool calls in chat replies, or 'none' (default: %(default)s)",
-    )
-    p.add_argument(
-        "--admin-key",
-        help="require 'Authorization: Bearer KEY' on the admin routes (default: the "
-        "--api-key; with neither key they answer loopback clients only)",
-    )
-    p.add_argument(
-        "--allow-open-admin",
-        action="store_true",
-        help="with no key, open the admin routes to every client (needed to serve on a "
-        "non-loopback --host without a key)",
-    )
-    p.add_argument(
-        "--shutdown-grace-s",
-        type=float,
-        default=d.shutdown_grace_s,
-        help="on SIGTERM/SIGINT, how long running requests may finish before they are "
-        "aborted (default: %(default)s)",
-    )
-    p.add_argument("--weights-dir", help="folder that path-based updates/adapters may read")
-    p.add_argument(
-        "--max-upload-bytes",
-        type=int,
-        default=d.max_upload_bytes,
-        help="largest /upload_adapter body (default: %(default)s)",
-    )
-    p.add_argument(
-        "--max-update-bytes",
-        type=int,
-        default=d.max_update_bytes,
-        help="largest streamed /update_weights body (default: %(default)s)",
-    )
-    p.add_argument(
-        "--max-request-bytes",
-        type=int,
-        default=d.max_request_bytes,
-        help="largest /v1/* or /generate body; more gets 413 (default: %(default)s)",
-    )
-    p.add_argument(
-        "--trust-request-chat-template",
-        action="store_true",
-        help="let chat requests bring their own chat_template (code run by the server)",
-    )
-    p.add_argument("--dtype", default="float32", help="engine dtype (default: %(default)s)")
-    p.add_argument("--device", default="cpu", help="engine device (default: %(default)s)")
-    p.add_argument("--max-model-len", type=int, help="context length (default: the model's)")
-    p.add_argument("--num-blocks", type=int, help="KV-cache blocks (default: from memory)")
-    return p
+    add_flags(parser, ServerConfig)
+    add_flags(parser, EngineConfig)
+    return parser
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
-    return ServerConfig(
-        model=args.model,
-        host=args.host,
-        port=args.port,
-        max_batch=args.max_batch,
-        flush_interval_ms=args.flush_interval_ms,
-        max_tokens=args.max_tokens,
-        max_queue=args.max_queue,
-        adapter_path=args.adapter_path,
-        adapter_name=args.adapter_name,
-        trust_remote_code=args.trust_remote_code,
-        log_level=args.log_level,
-        api_key=args.api_key,
-        served_model_name=args.served_model_name,
-        tool_call_parser=None if args.tool_call_parser == "none" else args.tool_call_parser,
-        admin_key=args.admin_key,
-        allow_open_admin=args.allow_open_admin,
-        shutdown_grace_s=args.shutdown_grace_s,
-        weights_dir=args.weights_dir,
-        max_upload_bytes=args.max_upload_bytes,
-        max_update_bytes=args.max_update_bytes,
-        max_request_bytes=args.max_request_bytes,
-        trust_request_chat_template=args.trust_request_chat_template,
-    )
+    values = values_of(args, ServerConfig)
+    if values["tool_call_parser"] == "none":
+        values["tool_call_parser"] = None
+    return ServerConfig(**values)
 
 
-def load_engine(config: ServerConfig, args: argparse.Namespace) -> Any:
+def engine_options(config: ServerConfig, args: argparse.Namespace) -> dict[str, Any]:
+    """EngineConfig keyword arguments: its own flags, and those the server flags set."""
+    return {
+        **values_of(args, EngineConfig),
+        "max_num_seqs": config.max_batch,
+        "trust_remote_code": config.trust_remote_code,
+    }
+
+
+def load_engine(config: ServerConfig, args: argparse.Namespace) -> EngineCore:
     """The Engine for `config`, with the `--adapter-path` LoRA adapter loaded."""
     from rlserve.engine import Engine
 
-    engine = Engine(
-        config.model,
-        dtype=args.dtype,
-        device=args.device,
-        max_num_seqs=config.max_batch,
-        max_model_len=args.max_model_len,
-        num_blocks=args.num_blocks,
-        trust_remote_code=config.trust_remote_code,
-    )
+    engine = Engine(config.model, **engine_options(config, args))
     if config.adapter_path:
         engine.load_lora(config.adapter_name, config.adapter_path)
     return engine

@@ -3,29 +3,16 @@
 from __future__ import annotations
 
 import functools
-import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rlserve.outputs import RequestOutput
-from rlserve.server.accumulate import PromptResult, Sample
+from rlserve.outputs import CompletionOutput, RequestOutput
 from rlserve.server.logprob_format import completion_logprobs, prompt_logprobs_entries
+from rlserve.server.openai_format import envelope, results_usage, token_id_fields, usage
 from rlserve.server.protocol import CompletionRequest
-from rlserve.server.request_group import Prompt
 from rlserve.server.state import ServerState
 
-
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
-
-
-def results_usage(results: list[PromptResult]) -> dict[str, int]:
-    prompt = sum(len(r.prompt_token_ids) for r in results)
-    completion = sum(len(s.token_ids) for r in results for s in r.samples)
-    return usage(prompt, completion)
+if TYPE_CHECKING:
+    from rlserve.engine.call_args import Prompt
 
 
 class CompletionView:
@@ -42,12 +29,7 @@ class CompletionView:
         self.text_of = state.renderer.text
         self.tokenizer = state.tokenizer
         self.prompts = prompts
-        self.base = {
-            "id": response_id,
-            "object": "text_completion",
-            "created": int(time.time()),  # this request's time, as OpenAI sends
-            "model": state.model_name,
-        }
+        self.base = envelope(response_id, "text_completion", state.model_name)
         # streaming state
         self.prompt_ids: dict[int, list[int]] = {}
         self.offsets: dict[int, int] = {}
@@ -59,11 +41,13 @@ class CompletionView:
 
     # ---- whole response -------------------------------------------------------------------
 
-    def response(self, results: list[PromptResult]) -> dict[str, Any]:
-        choices = [self.choice(i, r, s) for i, r in enumerate(results) for s in r.samples]
+    def response(self, results: list[RequestOutput]) -> dict[str, Any]:
+        choices = [self.choice(i, r, s) for i, r in enumerate(results) for s in r.outputs]
         return {**self.base, "choices": choices, "usage": results_usage(results)}
 
-    def choice(self, index: int, result: PromptResult, sample: Sample) -> dict[str, Any]:
+    def choice(
+        self, index: int, result: RequestOutput, sample: CompletionOutput
+    ) -> dict[str, Any]:
         req, prompt_ids = self.req, result.prompt_token_ids
         prefix = self.prompt_text(index, prompt_ids) if req.echo else ""
         choice: dict[str, Any] = {
@@ -74,16 +58,15 @@ class CompletionView:
             "stop_reason": sample.stop_reason,
         }
         if req.logprobs is not None:
-            ids, lps, tops = sample.token_ids, list(sample.logprobs), list(sample.top_logprobs)
+            ids, lps = sample.token_ids, list(sample.logprobs)
+            tops = list(sample.top_logprobs or [])
             if req.echo:
                 ids = prompt_ids + ids
                 lps = _padded(result.prompt_logprobs, len(prompt_ids)) + lps
                 tops = _padded(result.prompt_top_logprobs, len(prompt_ids)) + tops
             choice["logprobs"] = completion_logprobs(ids, lps, tops, self.render, self.text_of)
         if req.return_token_ids:
-            choice["prompt_token_ids"] = prompt_ids
-            choice["token_ids"] = sample.token_ids
-            choice["weight_versions"] = sample.weight_versions
+            choice.update(token_id_fields(sample, prompt_ids))
         if req.prompt_logprobs is not None:
             choice["prompt_logprobs"] = prompt_logprobs_entries(
                 prompt_ids, result.prompt_logprobs, result.prompt_top_logprobs, self.text_of
@@ -116,10 +99,7 @@ class CompletionView:
                 )
             self.offsets[choice_index] = offset + sum(len(self.text_of(t)) for t in out.token_ids)
             if self.req.return_token_ids:
-                if first:
-                    choice["prompt_token_ids"] = prompt_ids
-                choice["token_ids"] = out.token_ids
-                choice["weight_versions"] = out.weight_versions
+                choice.update(token_id_fields(out, prompt_ids if first else None))
             if self.req.prompt_logprobs is not None and delta.prompt_logprobs is not None:
                 choice["prompt_logprobs"] = prompt_logprobs_entries(
                     prompt_ids, delta.prompt_logprobs, delta.prompt_top_logprobs, self.text_of

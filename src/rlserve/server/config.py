@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from rlserve._checks import check_int, check_positive_int, is_int, is_number
 from rlserve.server.auth import is_loopback
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -48,29 +49,89 @@ class ServerConfig:
     default, as vLLM does: a template is code that runs in the server).
     """
 
-    model: str | None = None
-    host: str = "127.0.0.1"
-    port: int = 8000
-    max_batch: int = 64
-    flush_interval_ms: float = 10.0
-    max_tokens: int = 512
-    max_queue: int = 1024
-    max_logprobs: int = 20
-    adapter_path: str | None = None
-    adapter_name: str | None = None
-    trust_remote_code: bool = False
-    log_level: str = "INFO"
-    api_key: str | None = None
-    served_model_name: str | None = None
-    tool_call_parser: str | None = "hermes"
-    admin_key: str | None = None
-    allow_open_admin: bool = False
-    shutdown_grace_s: float = 10.0
-    weights_dir: str | None = None
-    max_upload_bytes: int = 256 * 2**20
-    max_update_bytes: int = 16 * 2**30
-    max_request_bytes: int = 32 * 2**20
-    trust_request_chat_template: bool = False
+    model: str | None = field(
+        default=None,
+        metadata={"help": "local Hugging Face checkpoint (default: the bundled model)"},
+    )
+    host: str = field(default="127.0.0.1", metadata={"help": "bind address"})
+    port: int = field(default=8000, metadata={"help": "TCP port to listen on"})
+    max_batch: int = field(default=64, metadata={"help": "most sequences per engine step"})
+    flush_interval_ms: float = field(
+        default=10.0,
+        metadata={"help": "how long a request reaching an idle engine waits for companions"},
+    )
+    max_tokens: int = field(
+        default=512, metadata={"help": "default and limit of a request's max_tokens"}
+    )
+    max_queue: int = field(
+        default=1024, metadata={"help": "sequences allowed to wait; more get 429"}
+    )
+    max_logprobs: int = field(
+        default=20, metadata={"help": "most logprob alternatives a request may ask for per token"}
+    )
+    adapter_path: str | None = field(
+        default=None, metadata={"help": "PEFT LoRA adapter to load and serve by default"}
+    )
+    adapter_name: str | None = field(
+        default=None, metadata={"help": "its model id (default: the adapter folder's name)"}
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "run the checkpoint's own model and tokenizer code"}
+    )
+    log_level: str = field(
+        default="INFO", metadata={"help": "server log level", "choices": LOG_LEVELS}
+    )
+    api_key: str | None = field(
+        default=None,
+        metadata={"help": "require 'Authorization: Bearer KEY' on /v1/* and /generate"},
+    )
+    served_model_name: str | None = field(
+        default=None, metadata={"help": "model id in /v1/models"}
+    )
+    tool_call_parser: str | None = field(
+        default="hermes",
+        metadata={"help": "format of tool calls in chat replies, or 'none'", "none": "none"},
+    )
+    admin_key: str | None = field(
+        default=None,
+        metadata={
+            "help": "require 'Authorization: Bearer KEY' on the admin routes (default: the "
+            "--api-key; with neither key they answer loopback clients only)"
+        },
+    )
+    allow_open_admin: bool = field(
+        default=False,
+        metadata={
+            "help": "with no key, open the admin routes to every client (needed to serve on "
+            "a non-loopback --host without a key)"
+        },
+    )
+    shutdown_grace_s: float = field(
+        default=10.0,
+        metadata={
+            "help": "on SIGTERM/SIGINT, how long running requests may finish before they "
+            "are aborted"
+        },
+    )
+    weights_dir: str | None = field(
+        default=None, metadata={"help": "folder that path-based updates/adapters may read"}
+    )
+    max_upload_bytes: int = field(
+        default=256 * 2**20, metadata={"help": "largest /upload_adapter body"}
+    )
+    max_update_bytes: int = field(
+        default=16 * 2**30, metadata={"help": "largest streamed /update_weights body"}
+    )
+    max_request_bytes: int = field(
+        default=32 * 2**20,
+        metadata={"help": "largest /v1/* or /generate body; more gets 413"},
+    )
+    trust_request_chat_template: bool = field(
+        default=False,
+        metadata={
+            "help": "let chat requests bring their own chat_template (code run by the server)"
+        },
+    )
 
     def __post_init__(self) -> None:
         self._check_limits()
@@ -80,28 +141,19 @@ class ServerConfig:
 
     def _check_limits(self) -> None:
         for name in LIMITS:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if isinstance(self.max_logprobs, bool) or not isinstance(self.max_logprobs, int):
-            raise ValueError(f"max_logprobs must be an integer, got {self.max_logprobs!r}")
-        if self.max_logprobs < 0:
-            raise ValueError(f"max_logprobs must be >= 0, got {self.max_logprobs}")
-        if not isinstance(self.flush_interval_ms, (int, float)) or self.flush_interval_ms < 0:
+            check_positive_int(name, getattr(self, name))
+        check_int("max_logprobs", self.max_logprobs, minimum=0)
+        if not is_number(self.flush_interval_ms) or self.flush_interval_ms < 0:
             raise ValueError(f"flush_interval_ms must be >= 0, got {self.flush_interval_ms!r}")
         grace = self.shutdown_grace_s
-        if (
-            isinstance(grace, bool)
-            or not isinstance(grace, (int, float))
-            or not 0 <= grace < float("inf")
-        ):
+        if not is_number(grace) or not 0 <= grace < float("inf"):
             raise ValueError(f"shutdown_grace_s must be a finite number >= 0, got {grace!r}")
 
     def _check_serving(self) -> None:
         self.log_level = str(self.log_level).upper()
         if self.log_level not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {LOG_LEVELS}, got {self.log_level!r}")
-        if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+        if not is_int(self.port) or not 0 <= self.port <= 65535:
             raise ValueError(f"port must be an integer in [0, 65535], got {self.port!r}")
         if not self.host:
             raise ValueError("host must be a non-empty address")

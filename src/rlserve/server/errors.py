@@ -13,7 +13,8 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from rlserve.server.engine_loop import (
+from rlserve._checks import ParamError
+from rlserve.server.loop_errors import (
     EngineFailure,
     EngineUnavailable,
     Overloaded,
@@ -82,9 +83,12 @@ def validation_message(exc: ValidationError | RequestValidationError) -> tuple[s
     return "; ".join(parts) or "invalid request", first
 
 
-def value_error_param(message: str, fields: AbstractSet[str]) -> str | None:
-    """The field a ValueError names first ('temperature must be >= 0' -> 'temperature')."""
-    word = message.split(" ", 1)[0].strip(":,")
+def value_error_param(error: ValueError | str, fields: AbstractSet[str]) -> str | None:
+    """The field of a ParamError, else the field a ValueError names first ('temperature
+    must be >= 0' -> 'temperature'); None unless one of `fields`."""
+    if isinstance(error, ParamError) and error.field in fields:
+        return error.field
+    word = str(error).split(" ", 1)[0].strip(":,")
     return word if word in fields else None
 
 

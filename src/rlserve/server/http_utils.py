@@ -1,4 +1,4 @@
-"""Request parsing, disconnect handling and SSE framing shared by the routes."""
+"""Request parsing and disconnect handling shared by the routes."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ async def wait_accepted(group: RequestGroup, fields: AbstractSet[str]) -> None:
     try:
         await group.accepted()
     except ValueError as exc:
-        raise APIError(400, str(exc), value_error_param(str(exc), fields)) from exc
+        raise APIError(400, str(exc), value_error_param(exc, fields)) from exc
     except asyncio.CancelledError:
         group.abort()
         raise
@@ -119,12 +119,3 @@ async def unless_disconnected(request: Request, group: RequestGroup, work: Await
         if not task.done():
             task.cancel()
             group.abort()
-
-
-def sse(payload: Any) -> str:
-    """One server-sent event carrying `payload` as JSON."""
-    return f"data: {json.dumps(payload, ensure_ascii=False, allow_nan=False)}\n\n"
-
-
-SSE_DONE = "data: [DONE]\n\n"
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

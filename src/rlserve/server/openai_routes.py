@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -15,23 +15,20 @@ from rlserve.sampling_params import SamplingParams
 from rlserve.server.accumulate import collect
 from rlserve.server.chat_format import ChatView, render_prompt
 from rlserve.server.completions_format import CompletionView
-from rlserve.server.engine_loop import EngineFailure, EngineUnavailable
 from rlserve.server.errors import APIError, error_body, shown
-from rlserve.server.http_utils import (
-    SSE_DONE,
-    SSE_HEADERS,
-    parse_body,
-    sse,
-    unless_disconnected,
-    wait_accepted,
-)
+from rlserve.server.http_utils import parse_body, unless_disconnected, wait_accepted
+from rlserve.server.loop_errors import EngineFailure, EngineUnavailable
+from rlserve.server.openai_format import SSE_DONE, SSE_HEADERS, sse
 from rlserve.server.prompt_input import tokenize_prompts
 from rlserve.server.protocol import ChatCompletionRequest, CompletionRequest, OpenAIFields
-from rlserve.server.request_group import Prompt, RequestGroup
+from rlserve.server.request_group import RequestGroup
 from rlserve.server.sampling import SAMPLING_FIELD_NAMES, build_params
 from rlserve.server.state import ServerState, new_id
 from rlserve.server.tool_calls import ToolCallFormat, prompt_opens_thinking
 from rlserve.tools import forced_call_prefixes
+
+if TYPE_CHECKING:
+    from rlserve.engine.call_args import Prompt
 
 PARAM_FIELDS = SAMPLING_FIELD_NAMES | {"prompt", "messages"}
 

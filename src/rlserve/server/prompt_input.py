@@ -14,10 +14,12 @@ import asyncio
 import json
 import threading
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rlserve.server.errors import APIError
-from rlserve.server.request_group import Prompt
+
+if TYPE_CHECKING:
+    from rlserve.engine.call_args import Prompt
 
 # Unicode normalisation can shrink text (NFKC maps the 4-byte U+1D400 to "A"; NFC folds
 # three 3-byte jamo into one syllable); 4x covers every such mapping.

@@ -60,13 +60,13 @@ class OpenAIFields(SamplingFields):
     return_token_ids: bool = False
 
 
-Prompt = str | list[str] | list[int] | list[list[int]]
+PromptField = str | list[str] | list[int] | list[list[int]]  # one prompt, or a batch
 
 
 class CompletionRequest(OpenAIFields):
     """`POST /v1/completions`."""
 
-    prompt: Prompt
+    prompt: PromptField
     logprobs: Int64 | None = None
     echo: bool = False
     suffix: str | None = None

@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rlserve.outputs import RequestOutput
 from rlserve.sampling_params import SamplingParams
 
-Prompt = str | list[int]
+if TYPE_CHECKING:
+    from rlserve.engine.call_args import Prompt
 
 
 class RequestGroup:

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from rlserve.server.accumulate import PromptResult, Sample, collect
+from rlserve.outputs import CompletionOutput, RequestOutput
+from rlserve.server.accumulate import collect
 from rlserve.server.errors import APIError
 from rlserve.server.http_utils import parse_body, unless_disconnected, wait_accepted
 from rlserve.server.logprob_format import clamp
 from rlserve.server.prompt_input import tokenize_prompts
 from rlserve.server.protocol import GenerateRequest
-from rlserve.server.request_group import Prompt
 from rlserve.server.sampling import SAMPLING_FIELD_NAMES, build_params
 from rlserve.server.state import ServerState, new_id
+
+if TYPE_CHECKING:
+    from rlserve.engine.call_args import Prompt
 
 PARAM_FIELDS = SAMPLING_FIELD_NAMES | {"prompt", "input_ids"}
 
@@ -43,7 +46,7 @@ def top_logprobs_k(req: GenerateRequest) -> int | None:
     return k if k else None
 
 
-def _item(result: PromptResult, sample: Sample, with_top: bool) -> dict[str, Any]:
+def _item(result: RequestOutput, sample: CompletionOutput, with_top: bool) -> dict[str, Any]:
     item: dict[str, Any] = {
         "prompt_ids": result.prompt_token_ids,
         "completion_ids": sample.token_ids,
@@ -57,15 +60,15 @@ def _item(result: PromptResult, sample: Sample, with_top: bool) -> dict[str, Any
     if with_top:
         item["top_logprobs"] = [
             [[token_id, clamp(lp)] for token_id, lp in sorted(top.items(), key=lambda kv: -kv[1])]
-            for top in sample.top_logprobs
+            for top in sample.top_logprobs or []
         ]
     return item
 
 
-def _items(results: list[PromptResult], many: bool, with_top: bool) -> list[dict[str, Any]]:
+def _items(results: list[RequestOutput], many: bool, with_top: bool) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     for p, result in enumerate(results):
-        for sample in result.samples:
+        for sample in result.outputs:
             item = _item(result, sample, with_top)
             if many:
                 item = {

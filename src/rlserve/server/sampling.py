@@ -98,5 +98,5 @@ def build_params(
             skip_special_tokens=req.skip_special_tokens,
         )
     except ValueError as exc:
-        param = value_error_param(str(exc), SAMPLING_FIELD_NAMES)
+        param = value_error_param(exc, SAMPLING_FIELD_NAMES)
         raise APIError(400, str(exc), param=param) from exc
