@@ -1,7 +1,10 @@
 """HTTP clients for rlserve and other OpenAI-compatible servers (vLLM, SGLang).
 
-Imports neither torch nor the rest of rlserve, so trainers and rollout workers can use
-it anywhere. Responses are plain dicts that carry training data under `rlserve_train`.
+Imports neither torch nor the rest of rlserve (only its torch-free base modules:
+`_checks`, `pause_mode`, `chat_messages`), so trainers and rollout workers can use it
+anywhere. One core builds every request and parses every reply (`endpoints`, `admin`,
+`flows`); `Client` and `AsyncClient` only perform its effects (`effects`). Responses are
+plain dicts that carry training data under `rlserve_train`.
 """
 
 from rlserve.client.async_client import AsyncClient

@@ -1,4 +1,4 @@
-"""What the sync and async clients share: settings, request building, tokenizer."""
+"""What the sync and async clients share: settings, weight-sync state, tokenizer."""
 
 from __future__ import annotations
 
@@ -9,17 +9,16 @@ from typing import Any
 
 import httpx
 
+from rlserve._checks import is_int
 from rlserve.chat_messages import chat_template_options, with_joined_text
+from rlserve.client.effects import Flow
 from rlserve.client.payloads import (
-    NOT_GIVEN,
     PreparedCall,
     auth_headers,
-    call_defaults,
     needs_client_prompt_ids,
     normalize_base_url,
-    prepare,
 )
-from rlserve.client.retry import Deadline, RetryPolicy, total_seconds
+from rlserve.client.retry import RetryPolicy, total_seconds
 from rlserve.client.tokenizer import apply_chat_template, hf_tokenizer
 from rlserve.client.weight_sync import WeightSyncController
 
@@ -27,7 +26,7 @@ DEFAULT_TIMEOUT = 600.0
 
 
 class ClientBase:
-    """Settings and request building; subclasses add the HTTP transport.
+    """Settings, weight-sync state and tokenizer; subclasses add the HTTP transport.
 
     `base_url` may end in `/v1` or not. `model` defaults to the first id the server
     lists at `/v1/models`. `tokenizer` (a name/path or a tokenizer object) serves
@@ -91,12 +90,13 @@ class ClientBase:
         }
         self._open()
 
-    def _deadline(self, call: PreparedCall) -> Deadline:
-        """The total time budget of `call`, starting now."""
-        return Deadline(self.timeout if call.timeout is NOT_GIVEN else call.timeout)
-
     def _open(self) -> None:
-        """Create the HTTP transport and the OpenAI-style namespaces (subclasses)."""
+        """Create the HTTP transport (subclasses)."""
+        raise NotImplementedError
+
+    def _run(self, flow: Flow[Any]) -> Any:
+        """Drive `flow` (see `effects`): its result, or on the async client an awaitable
+        of it (subclasses)."""
         raise NotImplementedError
 
     def set_weight_sync_controller(
@@ -121,7 +121,7 @@ class ClientBase:
         version: list[int | None] = [None]
 
         def record(result: Any) -> None:
-            if isinstance(result, dict) and isinstance(result.get("policy_version"), int):
+            if isinstance(result, dict) and is_int(result.get("policy_version")):
                 version[0] = result["policy_version"]
 
         controller.begin_sync(self.model_tag)
@@ -196,15 +196,3 @@ class ClientBase:
         options = {**chat_template_options(body), "tokenize": True}
         ids = apply_chat_template(self.tokenizer, messages, **options)
         return list(ids)  # type: ignore[arg-type]
-
-    @staticmethod
-    def _completion_call(kwargs: dict[str, Any], training: bool) -> PreparedCall:
-        return prepare("/v1/completions", kwargs, call_defaults("completion", training))
-
-    @staticmethod
-    def _chat_call(kwargs: dict[str, Any], training: bool) -> PreparedCall:
-        return prepare("/v1/chat/completions", kwargs, call_defaults("chat", training))
-
-    @staticmethod
-    def _generate_call(kwargs: dict[str, Any]) -> PreparedCall:
-        return prepare("/generate", kwargs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from rlserve._checks import is_int, is_token_ids
 from rlserve.client.training_data import (
     TRAIN_KEY,
     chat_training_data,
@@ -41,9 +42,12 @@ NOT_GIVEN: Any = _NotGiven()
 
 @dataclass
 class PreparedCall:
-    """One HTTP call: path, JSON body and per-call transport options.
+    """One HTTP call: method, path, JSON body and per-call transport options.
 
     `timeout` bounds the whole call, retries included; `NOT_GIVEN` uses the client's.
+    An `admin` call carries the admin bearer token and is sent once, with the client's
+    per-read timeouts and no total deadline (a weight upload may take minutes); its
+    `upload` (httpx `content=`, `data=`, `files=`) replaces the JSON body.
     """
 
     path: str
@@ -51,6 +55,9 @@ class PreparedCall:
     headers: dict[str, str] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
     timeout: Any = NOT_GIVEN
+    method: str = "POST"
+    admin: bool = False
+    upload: dict[str, Any] | None = None
 
     @property
     def stream(self) -> bool:
@@ -85,6 +92,16 @@ def prepare(
     return PreparedCall(path, body, dict(headers), dict(params), timeout)
 
 
+def get_call(path: str, headers: dict[str, str] | None = None) -> PreparedCall:
+    """A plain `GET path` (health, metrics, models: never frozen by a weight sync)."""
+    return PreparedCall(path, {}, dict(headers or {}), method="GET")
+
+
+def models_call() -> PreparedCall:
+    """`GET /v1/models`."""
+    return get_call("/v1/models")
+
+
 def call_defaults(kind: str, training: bool) -> dict[str, Any]:
     """Body defaults for a completion/chat call.
 
@@ -99,12 +116,8 @@ def call_defaults(kind: str, training: bool) -> dict[str, Any]:
 
 
 def token_id_prompt(prompt: Any) -> list[int] | None:
-    """The prompt itself when it is a flat list of token ids."""
-    if (
-        isinstance(prompt, list)
-        and prompt
-        and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
-    ):
+    """The prompt itself when it is a flat, non-empty list of token ids."""
+    if isinstance(prompt, list) and prompt and is_token_ids(prompt):
         return list(prompt)
     return None
 
@@ -143,7 +156,7 @@ def attach_training_data(
     if kind == "completion":
         prompts = token_id_prompts(call.body.get("prompt")) or client_prompts
         echo = bool(call.body.get("echo"))
-        n = call.body.get("n") if isinstance(call.body.get("n"), int) else 1
+        n = call.body["n"] if is_int(call.body.get("n")) else 1
         response[TRAIN_KEY] = completion_training_data(response, echo=echo, per_prompt=prompts, n=n)
     elif kind == "chat":
         prompt = client_prompts[0] if client_prompts else None
@@ -169,10 +182,17 @@ def decode_body(response: Any) -> Any:
         return response.text
 
 
-def request_options(method: str, call: PreparedCall, timeout: Any) -> dict[str, Any]:
-    """Keyword arguments for `httpx.Client.request` / `build_request` (`timeout`: this
-    attempt's)."""
-    options: dict[str, Any] = {"headers": call.headers, "params": call.params, "timeout": timeout}
-    if method != "GET":
+def request_options(call: PreparedCall, timeout: Any) -> dict[str, Any]:
+    """Keyword arguments for `build_request` (`timeout`: this attempt's)."""
+    options: dict[str, Any] = {
+        "method": call.method,
+        "url": call.path,
+        "headers": call.headers,
+        "params": call.params,
+        "timeout": timeout,
+    }
+    if call.upload is not None:
+        options.update(call.upload)
+    elif call.method != "GET":
         options["json"] = call.body
     return options

@@ -9,8 +9,9 @@ from typing import Any
 
 import httpx
 
+from rlserve._checks import ParamError, check_int, check_number, is_number
 from rlserve.client.errors import APIConnectionError, APIStatusError, APITimeoutError
-from rlserve.client.payloads import decode_body
+from rlserve.client.payloads import NOT_GIVEN, PreparedCall, decode_body, request_options
 
 RETRYABLE_STATUS = frozenset({408, 429})
 
@@ -29,10 +30,7 @@ class RetryPolicy:
     max_delay: float = 30.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int):
-            raise ValueError(f"max_retries must be an integer, got {self.max_retries!r}")
-        if self.max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+        check_int("max_retries", self.max_retries, minimum=0)
         if self.initial_delay < 0:
             raise ValueError(f"initial_delay must be >= 0, got {self.initial_delay}")
         if self.max_delay < self.initial_delay:
@@ -135,13 +133,12 @@ def total_seconds(timeout: Any) -> float | None:
     if isinstance(timeout, httpx.Timeout):
         waits = (timeout.connect, timeout.read, timeout.write, timeout.pool)
         return None if any(w is None for w in waits) else max(waits)  # type: ignore[type-var]
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise ValueError(
-            f"timeout must be a number of seconds, an httpx.Timeout or None, got {timeout!r}"
+    if not is_number(timeout):
+        raise ParamError(
+            "timeout",
+            f"timeout must be a number of seconds, an httpx.Timeout or None, got {timeout!r}",
         )
-    if not timeout > 0:
-        raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
-    return float(timeout)
+    return float(check_number("timeout", timeout, positive=True))
 
 
 def wait_or_raise(
@@ -171,3 +168,31 @@ def transport_error(method: str, path: str, exc: httpx.TransportError) -> APICon
     if isinstance(exc, httpx.TimeoutException):
         return APITimeoutError(f"{method} {path}: timed out ({exc!r})")
     return APIConnectionError(f"{method} {path}: {exc!r}")
+
+
+class Attempts:
+    """The retry state of one call: each attempt's request options and, after a failure,
+    how long to wait before the next attempt (or the call's error, when it is final)."""
+
+    def __init__(self, call: PreparedCall, policy: RetryPolicy, timeout: Any) -> None:
+        self.call = call
+        self.attempt = 0
+        # An admin call is sent once, under the client's per-read timeouts: a weight
+        # upload may stream for minutes, and replaying it would apply it twice.
+        self.policy = RetryPolicy(max_retries=0) if call.admin else policy
+        budget = timeout if call.timeout is NOT_GIVEN else call.timeout
+        self.deadline = Deadline(None if call.admin else budget)
+
+    def request_options(self) -> dict[str, Any]:
+        """`build_request` keyword arguments of the next attempt."""
+        if self.call.admin:
+            return request_options(self.call, httpx.USE_CLIENT_DEFAULT)
+        return request_options(self.call, self.deadline.attempt_timeout())
+
+    def wait_after(self, failure: httpx.Response | httpx.TransportError) -> float:
+        """Seconds to wait after the last attempt failed with `failure`; raises the call's
+        error when there is no retry left (see `wait_or_raise`)."""
+        method, path = self.call.method, self.call.path
+        delay = wait_or_raise(self.policy, self.deadline, self.attempt, method, path, failure)
+        self.attempt += 1
+        return delay

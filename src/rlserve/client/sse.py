@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from rlserve._checks import is_int
 from rlserve.client.errors import APIStatusError
 
 DONE = object()
@@ -26,5 +27,5 @@ def parse_sse_line(line: str) -> Any:
     chunk = json.loads(data)
     if isinstance(chunk, dict) and isinstance(chunk.get("error"), dict):
         code = chunk["error"].get("code")
-        raise APIStatusError(code if isinstance(code, int) else 500, chunk)
+        raise APIStatusError(code if is_int(code) else 500, chunk)
     return chunk

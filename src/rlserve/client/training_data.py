@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from rlserve._checks import is_token_ids
+
 TRAIN_KEY = "rlserve_train"
 TOKEN_ID_PREFIX = "token_id:"
 
@@ -40,7 +42,7 @@ def _parse_all(tokens: list[Any]) -> list[int] | None:
 
 
 def _int_list(value: Any) -> list[int] | None:
-    if isinstance(value, list) and all(isinstance(v, int) for v in value):
+    if isinstance(value, list) and is_token_ids(value):
         return list(value)
     return None
 
