@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from rlserve._checks import check_int, check_number, check_positive_int
 
 # Strongest first. "auto" picks the strongest level that works on this machine.
 ISOLATION_LEVELS = (
@@ -19,15 +20,6 @@ STATUSES = ("completed", "error", "timeout", "memory", "output_limit", "sandbox_
 
 GIB = 1024**3
 MIB = 1024**2
-
-
-def _check_positive(name: str, value: float, *, integer: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if integer and not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -77,9 +69,9 @@ class SandboxConfig:
 
     def __post_init__(self) -> None:
         for name in ("timeout_s", "max_timeout_s", "session_cpu_time_s"):
-            _check_positive(name, getattr(self, name))
+            check_number(name, getattr(self, name), finite=True, positive=True)
         if self.cpu_time_s is not None:
-            _check_positive("cpu_time_s", self.cpu_time_s)
+            check_number("cpu_time_s", self.cpu_time_s, finite=True, positive=True)
         for name in (
             "memory_bytes",
             "max_file_bytes",
@@ -91,7 +83,7 @@ class SandboxConfig:
             "max_sessions",
             "uid_pool_size",
         ):
-            _check_positive(name, getattr(self, name), integer=True)
+            check_positive_int(name, getattr(self, name))
         if self.timeout_s > self.max_timeout_s:
             raise ValueError(
                 f"timeout_s ({self.timeout_s}) must not exceed max_timeout_s ({self.max_timeout_s})"
@@ -99,8 +91,7 @@ class SandboxConfig:
         if self.isolation not in ISOLATION_CHOICES:
             choices = ", ".join(ISOLATION_CHOICES)
             raise ValueError(f"unknown isolation {self.isolation!r}; choose one of {choices}")
-        if isinstance(self.uid_base, bool) or not isinstance(self.uid_base, int):
-            raise ValueError(f"uid_base must be an integer, got {self.uid_base!r}")
+        check_int("uid_base", self.uid_base)
         if not 1000 <= self.uid_base <= 2**31 - 1 - self.uid_pool_size:
             raise ValueError(
                 f"uid_base must be >= 1000 and leave room for uid_pool_size "
@@ -127,7 +118,7 @@ class SandboxConfig:
         """Validate a per-call timeout, returning the effective value."""
         if timeout is None:
             return self.timeout_s
-        _check_positive("timeout", timeout)
+        check_number("timeout", timeout, finite=True, positive=True)
         if timeout > self.max_timeout_s:
             raise ValueError(f"timeout {timeout} exceeds max_timeout_s ({self.max_timeout_s})")
         return float(timeout)
