@@ -61,3 +61,10 @@ def check_number(field: str, value: object, *, finite: bool = False,
     if positive and not value > 0:  # type: ignore[operator]
         raise ParamError(field, f"{field} must be > 0, got {value!r}")
     return value  # type: ignore[return-value]
+
+
+def check_bool(field: str, value: object) -> bool:
+    """`value` if it is a bool (not 0/1 or "true"); ParamError otherwise."""
+    if not isinstance(value, bool):
+        raise ParamError(field, f"{field} must be a bool, got {value!r}")
+    return value

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from rlserve._checks import ParamError, check_int, check_number
+from rlserve._checks import ParamError, check_bool, check_int, check_number
 
 # Temperatures below this are greedy, as in vLLM (`_SAMPLING_EPS`): logits / T would
 # overflow fp32 (T = 1e-40 is a denormal whose reciprocal is inf) and sampling would
@@ -99,8 +99,7 @@ class SamplingParams:
             if value is not None:
                 check_int(name, value, minimum=0)
         for name in ("ignore_eos", "include_stop_str_in_output", "skip_special_tokens"):
-            if not isinstance(getattr(self, name), bool):
-                raise ParamError(name, f"{name} must be a bool, got {getattr(self, name)!r}")
+            check_bool(name, getattr(self, name))
 
     @property
     def greedy(self) -> bool:

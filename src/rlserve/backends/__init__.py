@@ -1,6 +1,6 @@
-"""backends layer (see DESIGN.md): one `InferenceBackend` interface over every way to run a
-policy: the native engine (`EngineBackend`) and OpenAI-compatible servers over HTTP
-(`RemoteBackend`). `as_backend` picks the implementation for what a caller passed."""
+"""backends layer (see docs/ARCHITECTURE.md): one `InferenceBackend` interface over every
+way to run a policy: the native engine (`EngineBackend`) and OpenAI-compatible servers over
+HTTP (`RemoteBackend`). `as_backend` picks the implementation for what a caller passed."""
 
 from __future__ import annotations
 
@@ -12,11 +12,9 @@ from rlserve.backends.base import (
     OnDone,
     Request,
     Sample,
-    TokenGenerator,
 )
-from rlserve.backends.native import EngineBackend, EngineGenerator
+from rlserve.backends.native import EngineBackend
 from rlserve.backends.remote import (
-    ClientGenerator,
     RemoteBackend,
     completion_fields,
     sample_from_completion,
@@ -25,15 +23,12 @@ from rlserve.engine import Engine
 
 __all__ = [
     "UNKNOWN_VERSION",
-    "ClientGenerator",
     "EngineBackend",
-    "EngineGenerator",
     "InferenceBackend",
     "OnDone",
     "RemoteBackend",
     "Request",
     "Sample",
-    "TokenGenerator",
     "as_backend",
     "completion_fields",
     "sample_from_completion",

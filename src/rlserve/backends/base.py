@@ -70,6 +70,3 @@ class InferenceBackend(Protocol):
         """Complete every request (n = 1) together; call `on_done(index, sample)` on the
         calling thread as each one finishes. A request that fails alone is reported as
         `Sample.failed(...)`; the others go on."""
-
-
-TokenGenerator = InferenceBackend  # the name the rl layer first gave this interface

@@ -55,6 +55,3 @@ class EngineBackend:
                 engine.abort(request_id)
             engine.step()  # reports (and forgets) the aborted requests; frees their KV
             raise
-
-
-EngineGenerator = EngineBackend  # the name the rl layer first gave it

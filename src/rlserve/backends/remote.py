@@ -69,9 +69,6 @@ class RemoteBackend:
         return sample_from_completion(response)
 
 
-ClientGenerator = RemoteBackend  # the name the rl layer first gave it
-
-
 def completion_fields(params: SamplingParams) -> dict[str, Any]:
     """`/v1/completions` body fields for `params` (n = 1; the client adds logprobs and
     token ids)."""

@@ -26,7 +26,7 @@ class Admin(ClientBase):
         self,
         weights: Mapping[str, Any] | Iterable[tuple[str, Any]],
         version: int | None = None,
-        mode: PauseMode | str = "keep",
+        mode: PauseMode | str = PauseMode.KEEP,
         recompute_kv: bool = False,
     ) -> Any:
         """Stream `weights` (state dict or (name, tensor) pairs) as safetensors bytes to
@@ -38,10 +38,11 @@ class Admin(ClientBase):
         self,
         path: str,
         version: int | None = None,
-        mode: PauseMode | str = "keep",
+        mode: PauseMode | str = PauseMode.KEEP,
         recompute_kv: bool = False,
     ) -> Any:
         """Load a safetensors file/folder at `path` (relative to the server's --weights-dir)."""
+        mode = PauseMode.parse(mode).value
         body: dict[str, Any] = {"path": str(path), "mode": mode, "recompute_kv": recompute_kv}
         if version is not None:
             body["version"] = version
@@ -70,9 +71,9 @@ class Admin(ClientBase):
         default adapter makes requests naming no model run on the base weights."""
         return self._run(self._admin("POST", "/unload_adapter", {"adapter_name": name}))
 
-    def pause(self, mode: PauseMode | str = "keep") -> Any:
+    def pause(self, mode: PauseMode | str = PauseMode.KEEP) -> Any:
         """Pause generation ("keep", "wait" or "abort"; see `PauseMode`)."""
-        return self._run(self._admin("POST", "/pause", {"mode": mode}))
+        return self._run(self._admin("POST", "/pause", {"mode": PauseMode.parse(mode).value}))
 
     def resume(self, recompute_kv: bool = False) -> Any:
         return self._run(self._admin("POST", "/resume", {"recompute_kv": recompute_kv}))

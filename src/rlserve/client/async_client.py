@@ -77,9 +77,8 @@ async def _aiter(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
 
 async def _aiter_chunks(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
     try:
-        async for line in response.aiter_lines():
-            chunk = parse_sse_line(line)
-            if chunk is DONE:
+        async for line in response.aiter_lines():  # sse_chunks, which it cannot delegate to
+            if (chunk := parse_sse_line(line)) is DONE:
                 return
             if chunk is not None:
                 yield chunk

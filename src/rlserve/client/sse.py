@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from rlserve._checks import is_int
@@ -29,3 +30,13 @@ def parse_sse_line(line: str) -> Any:
         code = chunk["error"].get("code")
         raise APIStatusError(code if is_int(code) else 500, chunk)
     return chunk
+
+
+def sse_chunks(lines: Iterable[str]) -> Iterator[Any]:
+    """The chunks of a stream's lines, up to `data: [DONE]` (the async transport repeats
+    this loop: an async generator cannot delegate to a sync one)."""
+    for line in lines:
+        if (chunk := parse_sse_line(line)) is DONE:
+            return
+        if chunk is not None:
+            yield chunk

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from typing import Any
 
 import httpx
@@ -12,7 +13,7 @@ import httpx
 from rlserve.client import effects as fx
 from rlserve.client.admin import Admin
 from rlserve.client.endpoints import Endpoints
-from rlserve.client.sse import DONE, parse_sse_line
+from rlserve.client.sse import sse_chunks
 
 
 class Client(Admin, Endpoints):
@@ -66,12 +67,5 @@ class Client(Admin, Endpoints):
 
 
 def _iter_chunks(response: httpx.Response) -> Iterator[dict[str, Any]]:
-    try:
-        for line in response.iter_lines():
-            chunk = parse_sse_line(line)
-            if chunk is DONE:
-                return
-            if chunk is not None:
-                yield chunk
-    finally:
-        response.close()
+    with closing(response):
+        yield from sse_chunks(response.iter_lines())

@@ -8,7 +8,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Protocol
 
 TRUNCATION_MARKER = "\n[... output truncated by the sandbox ...]\n"
@@ -152,17 +152,22 @@ def kill_group(proc: subprocess.Popen[bytes]) -> None:
 def children_of(pid: int) -> list[int]:
     """Direct children of ``pid`` (scanned from /proc/*/stat)."""
     found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
+    for child, path in _processes():
         try:
-            with open(os.path.join(entry.path, "stat"), encoding="ascii", errors="replace") as fh:
+            with open(os.path.join(path, "stat"), encoding="ascii", errors="replace") as fh:
                 fields = fh.read().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
         if len(fields) > 1 and fields[1] == str(pid):
-            found.append(int(entry.name))
+            found.append(child)
     return found
+
+
+def _processes() -> Iterator[tuple[int, str]]:
+    """(pid, its /proc folder) of every process."""
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            yield int(entry.name), entry.path
 
 
 def kill_children_first(proc: subprocess.Popen[bytes], grace_s: float = 2.0) -> None:
@@ -231,12 +236,10 @@ def uids_with_processes(uids: set[int]) -> set[int]:
 def _process_table() -> dict[int, tuple[int, int]]:
     """{pid: (real uid, thread count)} of every process (read from /proc)."""
     found: dict[int, tuple[int, int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
+    for pid, path in _processes():
         try:
-            fields = _status_fields(entry.path, ("Uid", "Threads"))
-            found[int(entry.name)] = (int(fields["Uid"]), int(fields.get("Threads") or 1))
+            fields = _status_fields(path, ("Uid", "Threads"))
+            found[pid] = (int(fields["Uid"]), int(fields.get("Threads") or 1))
         except (OSError, KeyError, ValueError):
             continue
     return found

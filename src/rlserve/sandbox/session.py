@@ -69,7 +69,6 @@ class Session:
         self.uid = uid
         self.lock = threading.Lock()
         self.closed = False
-        self.last_used = time.monotonic()
         self._proc: subprocess.Popen[bytes] | None = None
         self._result_fd: int | None = None
         self._workdir: str | None = None
@@ -78,7 +77,6 @@ class Session:
     def execute(self, code: str, timeout: float) -> SandboxResult:
         """Run ``code`` in this session; the caller holds :attr:`lock`."""
         started = time.monotonic()
-        self.last_used = started
         try:
             if self._proc is not None and has_exited(self._proc):
                 self._stop(lost=True)

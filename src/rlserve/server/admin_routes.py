@@ -17,7 +17,7 @@ from rlserve.server.admin_options import as_bool, as_mode, json_body
 from rlserve.server.admin_weights import update_weights
 from rlserve.server.auth import admin_access
 from rlserve.server.errors import APIError
-from rlserve.server.state import ServerState
+from rlserve.server.state import ServerState, post_routes
 
 
 def admin_router(state: ServerState) -> APIRouter:
@@ -26,21 +26,13 @@ def admin_router(state: ServerState) -> APIRouter:
     router = APIRouter(dependencies=[Depends(access)] if access.checks else [])
     limit = state.config.max_request_bytes
 
-    @router.post("/update_weights")
-    async def update_weights_route(request: Request) -> JSONResponse:
-        return await update_weights(state, request)
-
-    @router.post("/load_adapter")
-    async def load_adapter_route(request: Request) -> JSONResponse:
-        return await load_adapter(state, request)
-
-    @router.post("/upload_adapter")
-    async def upload_adapter_route(request: Request) -> JSONResponse:
-        return await upload_adapter(state, request)
-
-    @router.post("/unload_adapter")
-    async def unload_adapter_route(request: Request) -> JSONResponse:
-        return await unload_adapter(state, request)
+    handlers = {
+        "/update_weights": update_weights,
+        "/load_adapter": load_adapter,
+        "/upload_adapter": upload_adapter,
+        "/unload_adapter": unload_adapter,
+    }
+    post_routes(router, state, handlers)
 
     @router.post("/pause")
     async def pause_route(request: Request) -> JSONResponse:

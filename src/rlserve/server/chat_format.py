@@ -166,15 +166,21 @@ class ChatView:
             reason = finish_reason(reason, "tool_calls" in message)
         if message["content"] is not None:
             message["content"] = self.prefix + message["content"]
+        return self._choice(sample, "message", message, reason)
+
+    def _choice(
+        self, out: CompletionOutput, key: str, value: dict[str, Any], reason: str | None
+    ) -> dict[str, Any]:
+        """A response choice (`key` "message") or a chunk's choice (`key` "delta")."""
         choice: dict[str, Any] = {
-            "index": sample.index,
-            "message": message,
-            "logprobs": self._logprobs(sample.token_ids, sample.logprobs, sample.top_logprobs),
+            "index": out.index,
+            key: value,
+            "logprobs": self._logprobs(out.token_ids, out.logprobs, out.top_logprobs),
             "finish_reason": reason,
-            "stop_reason": sample.stop_reason,
+            "stop_reason": out.stop_reason,
         }
         if self.req.return_token_ids:
-            choice.update(token_id_fields(sample))
+            choice.update(token_id_fields(out))
         return choice
 
     # ---- stream chunks --------------------------------------------------------------------
@@ -199,17 +205,8 @@ class ChatView:
         chunks = []
         for out in delta.outputs:
             fields, reason = self._delta_fields(out.index, out.text, out.finish_reason)
-            choice: dict[str, Any] = {
-                "index": out.index,
-                "delta": fields,
-                "logprobs": self._logprobs(out.token_ids, out.logprobs, out.top_logprobs),
-                "finish_reason": reason,
-                "stop_reason": out.stop_reason,
-            }
-            if self.req.return_token_ids:
-                choice.update(token_id_fields(out))
             self.completion_tokens += len(out.token_ids)
-            chunks.append(self._chunk(choice))
+            chunks.append(self._chunk(self._choice(out, "delta", fields, reason)))
         return chunks
 
     def _delta_fields(

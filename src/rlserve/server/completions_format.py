@@ -50,13 +50,7 @@ class CompletionView:
     ) -> dict[str, Any]:
         req, prompt_ids = self.req, result.prompt_token_ids
         prefix = self.prompt_text(index, prompt_ids) if req.echo else ""
-        choice: dict[str, Any] = {
-            "index": index * self.n + sample.index,
-            "text": prefix + sample.text,
-            "logprobs": None,
-            "finish_reason": sample.finish_reason,
-            "stop_reason": sample.stop_reason,
-        }
+        choice = _text_choice(index * self.n + sample.index, prefix + sample.text, sample)
         if req.logprobs is not None:
             ids, lps = sample.token_ids, list(sample.logprobs)
             tops = list(sample.top_logprobs or [])
@@ -86,13 +80,7 @@ class CompletionView:
             first = choice_index not in self.offsets
             prefix = self.prompt_text(index, prompt_ids) if first and self.req.echo else ""
             offset = self.offsets.get(choice_index, len(prefix))
-            choice: dict[str, Any] = {
-                "index": choice_index,
-                "text": prefix + out.text,
-                "logprobs": None,
-                "finish_reason": out.finish_reason,
-                "stop_reason": out.stop_reason,
-            }
+            choice = _text_choice(choice_index, prefix + out.text, out)
             if self.req.logprobs is not None:
                 choice["logprobs"] = completion_logprobs(
                     out.token_ids, out.logprobs, out.top_logprobs, self.render, self.text_of, offset
@@ -111,6 +99,17 @@ class CompletionView:
     def usage_chunk(self) -> dict[str, Any]:
         prompt_tokens = sum(len(ids) for ids in self.prompt_ids.values())
         return {**self.base, "choices": [], "usage": usage(prompt_tokens, self.completion_tokens)}
+
+
+def _text_choice(index: int, text: str, out: CompletionOutput) -> dict[str, Any]:
+    """A choice without its optional fields (logprobs None until asked for)."""
+    return {
+        "index": index,
+        "text": text,
+        "logprobs": None,
+        "finish_reason": out.finish_reason,
+        "stop_reason": out.stop_reason,
+    }
 
 
 def _padded(values: list[Any] | None, length: int) -> list[Any]:

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlserve._checks import check_int, check_positive_int, is_int, is_number
+from rlserve._checks import check_bool, check_int, check_positive_int, is_number
 from rlserve.server.auth import is_loopback
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -153,8 +153,7 @@ class ServerConfig:
         self.log_level = str(self.log_level).upper()
         if self.log_level not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {LOG_LEVELS}, got {self.log_level!r}")
-        if not is_int(self.port) or not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be an integer in [0, 65535], got {self.port!r}")
+        check_int("port", self.port, minimum=0, maximum=65535)
         if not self.host:
             raise ValueError("host must be a non-empty address")
         if self.tool_call_parser is not None:
@@ -165,8 +164,7 @@ class ServerConfig:
                     f"tool_call_parser must be one of {sorted(PARSERS)} or None, "
                     f"got {self.tool_call_parser!r}"
                 )
-        if not isinstance(self.trust_request_chat_template, bool):
-            raise ValueError("trust_request_chat_template must be a bool")
+        check_bool("trust_request_chat_template", self.trust_request_chat_template)
 
     def _check_admin_access(self) -> None:
         if self.api_key is not None and not self.api_key:

@@ -6,6 +6,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from rlserve.server.admission import Admission
@@ -126,12 +127,16 @@ class EngineThread:
             return None
 
     def _drain_inbox(self) -> None:
+        for command in self._queued():
+            self._handle(command)
+
+    def _queued(self) -> Iterator[Command]:
+        """The commands in the inbox, taken without waiting until it is empty."""
         while True:
             try:
-                command = self.inbox.get_nowait()
+                yield self.inbox.get_nowait()
             except queue.Empty:
                 return
-            self._handle(command)
 
     def _handle(self, command: Command) -> int:
         """Apply one command; returns how many sequences it added."""
@@ -171,11 +176,7 @@ class EngineThread:
         self.control.fail_pending(gone)
         with self.admission.lock:
             self.stopping.set()
-            while True:
-                try:
-                    command = self.inbox.get_nowait()
-                except queue.Empty:
-                    return
+            for command in self._queued():
                 match command:
                     case Add(group):
                         self.admission.queued -= group.num_sequences

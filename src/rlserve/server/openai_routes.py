@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -19,16 +19,13 @@ from rlserve.server.errors import APIError, error_body, shown
 from rlserve.server.http_utils import parse_body, unless_disconnected, wait_accepted
 from rlserve.server.loop_errors import EngineFailure, EngineUnavailable
 from rlserve.server.openai_format import SSE_DONE, SSE_HEADERS, sse
-from rlserve.server.prompt_input import tokenize_prompts
+from rlserve.server.prompt_input import request_prompts, tokenize_prompts
 from rlserve.server.protocol import ChatCompletionRequest, CompletionRequest, OpenAIFields
 from rlserve.server.request_group import RequestGroup
 from rlserve.server.sampling import SAMPLING_FIELD_NAMES, build_params
-from rlserve.server.state import ServerState, new_id
+from rlserve.server.state import ServerState, new_id, post_routes
 from rlserve.server.tool_calls import ToolCallFormat, prompt_opens_thinking
 from rlserve.tools import forced_call_prefixes
-
-if TYPE_CHECKING:
-    from rlserve.engine.call_args import Prompt
 
 PARAM_FIELDS = SAMPLING_FIELD_NAMES | {"prompt", "messages"}
 
@@ -37,17 +34,6 @@ log = logging.getLogger(__name__)
 
 class _StreamView(Protocol):
     def usage_chunk(self) -> dict[str, Any]: ...
-
-
-def completion_prompts(prompt: Any) -> list[Prompt]:
-    """A completions `prompt` (text, token ids, or a list of either) -> engine prompts."""
-    if isinstance(prompt, str):
-        return [prompt]
-    if not prompt:
-        raise APIError(400, "prompt must not be empty", param="prompt")
-    if all(isinstance(t, int) for t in prompt):
-        return [list(prompt)]
-    return list(prompt)
 
 
 def _include_usage(req: OpenAIFields) -> bool:
@@ -173,7 +159,7 @@ async def create_completion(state: ServerState, request: Request) -> Response:
     """`POST /v1/completions`: JSON, or SSE when `stream`."""
     req = await parse_body(request, CompletionRequest, state.config.max_request_bytes)
     lora_name = state.resolve_model(req.model)
-    prompts = completion_prompts(req.prompt)
+    prompts, _ = request_prompts(req.prompt, "prompt")
     params = completion_params(state, req)
     state.loop.check_admissible(len(prompts) * params.n)
     prompt_ids = await tokenize_prompts(state.tokenizer, prompts, state.max_model_len)
@@ -223,12 +209,10 @@ def openai_router(state: ServerState) -> APIRouter:
         cards = model_cards(state)
         return JSONResponse(next(c for c in cards if model_id in (c["id"], c["root"])))
 
-    @router.post("/v1/completions")
-    async def completions(request: Request) -> Response:
-        return await create_completion(state, request)
-
-    @router.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
-        return await create_chat_completion(state, request)
+    handlers = {
+        "/v1/completions": create_completion,
+        "/v1/chat/completions": create_chat_completion,
+    }
+    post_routes(router, state, handlers)
 
     return router

@@ -133,6 +133,18 @@ def check_text_fits(text: str, bound: int | None, max_model_len: int, param: str
         )
 
 
+def request_prompts(value: Any, param: str) -> tuple[list[Prompt], bool]:
+    """A request's prompt field (text, token ids, or a list of either) as engine prompts,
+    and whether it was a list of prompts."""
+    if isinstance(value, str):
+        return [value], False
+    if not value:
+        raise APIError(400, f"{param} must not be empty", param=param)
+    if all(isinstance(t, int) for t in value):
+        return [list(value)], False
+    return list(value), True
+
+
 def _encode_all(tokenizer: Any, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
     return [tokenizer.encode(t, add_special_tokens=add_special_tokens) for t in texts]
 

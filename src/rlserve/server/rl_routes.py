@@ -13,10 +13,10 @@ from rlserve.server.accumulate import collect
 from rlserve.server.errors import APIError
 from rlserve.server.http_utils import parse_body, unless_disconnected, wait_accepted
 from rlserve.server.logprob_format import clamp
-from rlserve.server.prompt_input import tokenize_prompts
+from rlserve.server.prompt_input import request_prompts, tokenize_prompts
 from rlserve.server.protocol import GenerateRequest
 from rlserve.server.sampling import SAMPLING_FIELD_NAMES, build_params
-from rlserve.server.state import ServerState, new_id
+from rlserve.server.state import ServerState, new_id, post_routes
 
 if TYPE_CHECKING:
     from rlserve.engine.call_args import Prompt
@@ -28,15 +28,9 @@ def rl_prompts(req: GenerateRequest) -> tuple[list[Prompt], bool]:
     """Engine prompts, and whether the caller sent a list (answered with `results`)."""
     if (req.prompt is None) == (req.input_ids is None):
         raise APIError(400, "give exactly one of prompt or input_ids", param="prompt")
-    value: Any = req.prompt if req.prompt is not None else req.input_ids
-    name = "prompt" if req.prompt is not None else "input_ids"
-    if isinstance(value, str):
-        return [value], False
-    if not value:
-        raise APIError(400, f"{name} must not be empty", param=name)
-    if all(isinstance(t, int) for t in value):
-        return [list(value)], False
-    return list(value), True
+    if req.prompt is not None:
+        return request_prompts(req.prompt, "prompt")
+    return request_prompts(req.input_ids, "input_ids")
 
 
 def top_logprobs_k(req: GenerateRequest) -> int | None:
@@ -124,8 +118,6 @@ def rl_router(state: ServerState) -> APIRouter:
     """`POST /generate` bound to `state`."""
     router = APIRouter()
 
-    @router.post("/generate")
-    async def generate_route(request: Request) -> Response:
-        return await generate(state, request)
+    post_routes(router, state, {"/generate": generate})
 
     return router

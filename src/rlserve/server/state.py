@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
 
 from rlserve.server.config import ServerConfig
 from rlserve.server.engine_loop import EngineLoop
@@ -77,6 +81,23 @@ class ServerState:
     def paused(self) -> str | None:
         """The engine's pause mode after its latest step (None: generating)."""
         return self.loop.stats()["paused"]
+
+
+Handler = Callable[[ServerState, Request], Awaitable[Response]]
+
+
+def post_routes(router: APIRouter, state: ServerState, handlers: dict[str, Handler]) -> None:
+    """A `POST path` route for each handler, called as `handler(state, request)`."""
+    for path, handler in handlers.items():
+        router.add_api_route(path, _bound(handler, state), methods=["POST"])
+
+
+def _bound(handler: Handler, state: ServerState) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        return await handler(state, request)
+
+    endpoint.__name__ = handler.__name__  # FastAPI names the route after it
+    return endpoint
 
 
 def new_id(prefix: str) -> str:

@@ -139,10 +139,21 @@ class ToolParser(ABC):
 
 class TaggedBlockParser(ToolParser):
     """A format whose calls sit in one ``open_tag ... close_tag`` block; a missing close tag
-    at the very end of the output is tolerated (the block runs to the end)."""
+    at the very end of the output is tolerated (the block runs to the end). Subclasses set
+    the tags, ``call_opening`` (what opens a call to ``{name}`` after ``open_tag`` and a
+    newline), ``no_calls`` (the error for a block holding none) and :meth:`block_items`."""
 
     open_tag: ClassVar[str]
     close_tag: ClassVar[str]
+    call_opening: ClassVar[str]
+    no_calls: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.markers = (cls.open_tag,)
+
+    def call_prefix(self, name: str) -> str:
+        return f"{self.open_tag}\n" + self.call_opening.format(name=name)
 
     def match(self, ctx: ScanContext, start: int) -> Match | None:
         text = ctx.text
@@ -153,14 +164,17 @@ class TaggedBlockParser(ToolParser):
             return None
         inner_end = len(text) if close == -1 else close
         end = len(text) if close == -1 else close + len(self.close_tag)
-        return Match(end, tuple(self.block_items(ctx, start, inner_end, end)))
+        items = self.block_items(ctx, start, inner_end, end)
+        if not items:
+            items = [ToolCallError(self.no_calls, text[start:end], start, end)]
+        return Match(end, tuple(items))
 
     @abstractmethod
     def block_items(
         self, ctx: ScanContext, start: int, inner_end: int, end: int
     ) -> list[ToolCall | ToolCallError]:
         """The calls and errors of the block ``text[start:end]``, whose body ends at
-        ``inner_end``."""
+        ``inner_end`` (none: the block is the error ``no_calls``)."""
 
 
 def skip_space(text: str, i: int, chars: str = " \t\r\n") -> int:

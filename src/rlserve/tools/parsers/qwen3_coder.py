@@ -25,11 +25,9 @@ class Qwen3CoderParser(TaggedBlockParser):
     ``</function>``."""
 
     name = "qwen3_coder"
-    markers = (OPEN,)
     open_tag, close_tag = OPEN, CLOSE
-
-    def call_prefix(self, name: str) -> str:
-        return f"{OPEN}\n<function={name}>\n"
+    call_opening = "<function={name}>\n"
+    no_calls = "no <function=...> in tool call"
 
     def block_items(
         self, ctx: ScanContext, start: int, inner_end: int, end: int
@@ -54,8 +52,6 @@ def parse_functions(
         args = _parameters(text, tag.end(), close, name, tools)
         items.append(build_call(name, args, raw, start, stop, tools))
         pos = close + len(FUNCTION_CLOSE)
-    if not items:
-        items.append(ToolCallError("no <function=...> in tool call", raw, start, stop))
     return items
 
 

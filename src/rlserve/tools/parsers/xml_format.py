@@ -31,20 +31,14 @@ class XmlParser(TaggedBlockParser):
     type when known, else JSON-decoded when they parse, else kept as strings."""
 
     name = "xml"
-    markers = (OPEN,)
     open_tag, close_tag = OPEN, CLOSE
-
-    def call_prefix(self, name: str) -> str:
-        return f'{OPEN}\n<invoke name="{name}">\n'
+    call_opening = '<invoke name="{name}">\n'
+    no_calls = "no <invoke> in <function_calls>"
 
     def block_items(
         self, ctx: ScanContext, start: int, inner_end: int, end: int
     ) -> list[ToolCall | ToolCallError]:
-        items = parse_invokes(ctx.text, start + len(OPEN), inner_end, ctx.tools)
-        if not items:
-            text = ctx.text[start:end]
-            items = [ToolCallError("no <invoke> in <function_calls>", text, start, end)]
-        return items
+        return parse_invokes(ctx.text, start + len(OPEN), inner_end, ctx.tools)
 
 
 def parse_invokes(
