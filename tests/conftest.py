@@ -1,9 +1,13 @@
+import shutil
+import tempfile
 import weakref
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from rlserve import Engine
-from tests.checkpoints import FAMILIES, build_checkpoint
+from tests.support.checkpoints import FAMILIES, build_checkpoint
 
 _ENGINES: "weakref.WeakSet[Engine]" = weakref.WeakSet()
 
@@ -35,6 +39,17 @@ def bundled(make_engine) -> Engine:
 @pytest.fixture(scope="session")
 def qwen3(make_engine, checkpoints) -> Engine:
     return make_engine(checkpoints["qwen3"], num_blocks=256, block_size=8)
+
+
+@pytest.fixture
+def workdir_root() -> Iterator[Path]:
+    """A parent for the sandbox's work dirs that sandbox uids can traverse."""
+    path = Path(tempfile.mkdtemp(prefix="rlserve-test-workdirs-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

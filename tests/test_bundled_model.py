@@ -8,11 +8,7 @@ import sys
 
 from rlserve import SamplingParams
 from rlserve.config import BUNDLED_MODEL
-
-CALCULATOR = {"type": "function", "function": {
-    "name": "calculator", "description": "Evaluate an arithmetic expression.",
-    "parameters": {"type": "object", "properties": {"expression": {"type": "string"}},
-                   "required": ["expression"]}}}
+from tests.support.calculator import CALCULATOR
 
 
 def _held_out_additions(count: int = 40) -> list[tuple[int, int]]:

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from rlserve.client import APIConnectionError, APIStatusError, APITimeoutError, AsyncClient, Client
-from tests.conftest_server import FakeHTTPServer, Recorded, free_port
+from tests.support.fake_http import FakeHTTPServer, Recorded
+from tests.support.servers import free_port
 
 OK = {"status": "healthy"}
 # The defaults that turned a 0.5 s timeout into 115 s: 10 retries, backoff 0.5 s ... 30 s.

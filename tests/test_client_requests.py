@@ -24,7 +24,7 @@ from rlserve.client import (
 )
 from rlserve.client.flows import decoded
 from rlserve.client.payloads import PreparedCall
-from tests.conftest_server import FakeHTTPServer, Recorded
+from tests.support.fake_http import FakeHTTPServer, Recorded
 
 ASSETS = str(Path(rlserve.__file__).parent / "assets")  # the bundled model's tokenizer
 COMPLETION = {

@@ -8,7 +8,8 @@ import pytest
 
 from rlserve.client import APIConnectionError, APIStatusError, AsyncClient, Client, RetryPolicy
 from rlserve.client.retry import retry_delay
-from tests.conftest_server import FakeHTTPServer, Recorded, free_port
+from tests.support.fake_http import FakeHTTPServer, Recorded
+from tests.support.servers import free_port
 
 OK = {"status": "healthy", "model_loaded": True}
 FAST = {"initial_backoff": 0.001, "max_backoff": 0.01}

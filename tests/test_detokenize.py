@@ -9,7 +9,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from rlserve import SamplingParams
 from rlserve.config import BUNDLED_MODEL
 from rlserve.engine.detokenizer import CONTEXT_TOKENS, IncrementalDetokenizer
-from tests.checkpoints import build_tokenizer
+from tests.support.checkpoints import build_tokenizer
 
 TRICKY_TEXTS = [
     "héllo wörld 你好 🎉 <|im_end|> done",  # characters split over byte tokens, a special token

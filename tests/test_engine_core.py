@@ -3,6 +3,7 @@
 import pytest
 
 from rlserve import SamplingParams
+from tests.support.numeric import max_abs_diff
 
 PROMPTS = [[(7 * i + j) % 300 + 1 for j in range(5 + (i * 13) % 40)] for i in range(32)]
 
@@ -17,9 +18,8 @@ def _tokens(outs):
 
 
 def _max_logprob_diff(a, b):
-    return max(abs(x - y) for oa, ob in zip(a, b, strict=True)
-               for ca, cb in zip(oa.outputs, ob.outputs, strict=True)
-               for x, y in zip(ca.logprobs, cb.logprobs, strict=True))
+    return max(max_abs_diff(ca.logprobs, cb.logprobs) for oa, ob in zip(a, b, strict=True)
+               for ca, cb in zip(oa.outputs, ob.outputs, strict=True))
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
@@ -97,8 +97,7 @@ def test_chunked_prefill_matches_whole_prefill(checkpoints, make_engine, engine)
     b = engine.generate(prompt, params)[0]
     assert chunked.stats()["steps"] >= 200 // 32 + 6
     assert a.outputs[0].token_ids == b.outputs[0].token_ids
-    assert max(abs(x - y) for x, y in zip(a.prompt_logprobs[1:], b.prompt_logprobs[1:],
-                                          strict=True)) < 1e-4
+    assert max_abs_diff(a.prompt_logprobs[1:], b.prompt_logprobs[1:]) < 1e-4
 
 
 def test_grpo_group_prefills_prompt_once(checkpoints, make_engine):
@@ -112,7 +111,7 @@ def test_grpo_group_prefills_prompt_once(checkpoints, make_engine):
     # Each sample equals the same sample scored alone: shared blocks were not corrupted.
     for c in out.outputs:
         scored = engine.score(prompt, c.token_ids)
-        assert max(abs(a - b) for a, b in zip(scored, c.logprobs, strict=True)) < 1e-5
+        assert max_abs_diff(scored, c.logprobs) < 1e-5
 
 
 def test_abort_frees_blocks_and_reports(engine):

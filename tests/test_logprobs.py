@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from rlserve import SamplingParams
-from tests.checkpoints import load_hf
+from tests.support.checkpoints import load_hf
+from tests.support.numeric import max_abs_diff
 
 PROMPTS = [[5, 17, 42, 99, 3, 250, 7], list(range(30, 70))]
 
@@ -21,20 +22,20 @@ def test_generate_logprobs_equal_score_and_transformers(qwen3, hf, temperature):
         c = out.outputs[0]
         assert len(c.logprobs) == len(c.token_ids) == 24
         scored = qwen3.score(prompt, c.token_ids, temperature=temperature)
-        assert max(abs(a - b) for a, b in zip(scored, c.logprobs, strict=True)) <= 1e-5
+        assert max_abs_diff(scored, c.logprobs) <= 1e-5
         with torch.no_grad():
             logits = hf(torch.tensor([prompt + c.token_ids])).logits[0].float()
         ref = torch.log_softmax(logits / temperature, dim=-1)
         positions = torch.arange(len(prompt) - 1, len(prompt) + len(c.token_ids) - 1)
         expected = ref[positions, torch.tensor(c.token_ids)]
-        assert (torch.tensor(c.logprobs) - expected).abs().max().item() <= 1e-4
+        assert max_abs_diff(c.logprobs, expected) <= 1e-4
 
 
 def test_greedy_logprobs_use_temperature_one(qwen3):
     out = qwen3.generate(PROMPTS[0], SamplingParams(temperature=0, max_tokens=8,
                                                     ignore_eos=True))[0].outputs[0]
     scored = qwen3.score(PROMPTS[0], out.token_ids, temperature=1.0)
-    assert max(abs(a - b) for a, b in zip(scored, out.logprobs, strict=True)) <= 1e-5
+    assert max_abs_diff(scored, out.logprobs) <= 1e-5
 
 
 def test_sampling_logprobs_are_under_the_truncated_distribution(qwen3):
@@ -62,7 +63,7 @@ def test_top_logprobs_and_prompt_logprobs(qwen3):
         assert token in top and abs(top[token] - lp) < 1e-6  # greedy pick is the top one
     assert out.prompt_logprobs[0] is None and len(out.prompt_logprobs) == len(prompt)
     scored = qwen3.score(prompt[:1], prompt[1:])
-    assert max(abs(a - b) for a, b in zip(scored, out.prompt_logprobs[1:], strict=True)) < 1e-5
+    assert max_abs_diff(scored, out.prompt_logprobs[1:]) < 1e-5
     assert all(len(t) == 2 for t in out.prompt_top_logprobs[1:])
 
 

@@ -1,13 +1,15 @@
 """LoRA adapters: parity with peft, mixed batches, reload, unload, bad adapters."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from rlserve import SamplingParams
-from tests.checkpoints import load_hf
+from tests.support.checkpoints import load_hf
+from tests.support.numeric import max_abs_diff
 
 ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 PROMPT = [5, 17, 42, 99, 3, 250, 7, 8, 9, 10]
@@ -48,9 +50,9 @@ def peft_logits(base_path, adapter_path, tokens):
 def test_logits_match_peft(engine, checkpoints, adapters, name):
     ref = peft_logits(checkpoints["qwen3"], adapters[name], PROMPT)
     ours = engine.logits(PROMPT, lora_name=name)
-    assert (ours - ref).abs().max().item() <= 1e-4
+    assert max_abs_diff(ours, ref) <= 1e-4
     base = engine.logits(PROMPT)
-    assert (base - ref).abs().max().item() > 1e-2  # the adapter really changes the output
+    assert max_abs_diff(base, ref) > 1e-2  # the adapter really changes the output
 
 
 def test_two_adapters_in_one_batch_match_their_references(engine):
@@ -60,8 +62,7 @@ def test_two_adapters_in_one_batch_match_their_references(engine):
         alone = engine.generate(PROMPT, params, lora_name=name)[0]
         assert out.outputs[0].token_ids == alone.outputs[0].token_ids
         scored = engine.score(PROMPT, out.outputs[0].token_ids, lora_name=name)
-        assert max(abs(x - y) for x, y in zip(scored, out.outputs[0].logprobs,
-                                              strict=True)) < 1e-5
+        assert max_abs_diff(scored, out.outputs[0].logprobs) < 1e-5
     assert len({tuple(o.outputs[0].token_ids) for o in mixed}) == 3
 
 
@@ -95,13 +96,18 @@ def test_unload_and_unknown_adapter(engine, adapters):
     engine.step()
 
 
+def unreadable_adapter(folder: Path, config: dict) -> Path:
+    """An adapter folder with `config` and weights that are not safetensors."""
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    (folder / "adapter_model.safetensors").write_bytes(b"not safetensors")
+    return folder
+
+
 def test_bad_adapters_are_refused(engine, adapters, tmp_path):
     with pytest.raises(ValueError, match="not a PEFT adapter"):
         engine.load_lora("x", tmp_path)
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    (bad / "adapter_config.json").write_text(json.dumps({"r": 4, "lora_alpha": 8}))
-    (bad / "adapter_model.safetensors").write_bytes(b"not safetensors")
+    bad = unreadable_adapter(tmp_path / "bad", {"r": 4, "lora_alpha": 8})
     with pytest.raises(ValueError, match="cannot read adapter"):
         engine.load_lora("x", bad)
     from safetensors.torch import save_file
@@ -162,10 +168,7 @@ def test_a_new_adapter_under_an_unloaded_name_never_reuses_the_old_ones_kv(
 
 
 def test_adapter_config_is_checked_before_the_weights_are_read(engine, tmp_path):
-    bad = tmp_path / "bad_config"
-    bad.mkdir()
-    (bad / "adapter_config.json").write_text(json.dumps({"r": 0, "lora_alpha": 8}))
-    (bad / "adapter_model.safetensors").write_bytes(b"not safetensors")
+    bad = unreadable_adapter(tmp_path / "bad_config", {"r": 0, "lora_alpha": 8})
     with pytest.raises(ValueError, match="r must be a positive integer"):
         engine.load_lora("x", bad)
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from rlserve import SamplingParams
-from tests.checkpoints import FAMILIES, load_hf
+from tests.support.checkpoints import FAMILIES, load_hf
+from tests.support.numeric import max_abs_diff
 
 PROMPTS = [[5, 17, 42, 99, 3, 250, 7], [11, 12], list(range(30, 110))]
 
@@ -24,7 +25,7 @@ def test_logits_match_transformers(pairs, family):
         with torch.no_grad():
             ref = hf(torch.tensor([prompt])).logits[0].float()
         assert ours.shape == ref.shape
-        assert (ours - ref).abs().max().item() <= 1e-4
+        assert max_abs_diff(ours, ref) <= 1e-4
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -45,7 +46,7 @@ def test_bundled_model_logits_and_greedy_match_transformers(bundled):
     prompt = bundled.render_chat([{"role": "user", "content": "What is 12 + 30?"}])
     with torch.no_grad():
         ref = hf(torch.tensor([prompt])).logits[0]
-    assert (bundled.logits(prompt) - ref).abs().max().item() <= 1e-4
+    assert max_abs_diff(bundled.logits(prompt), ref) <= 1e-4
     out = bundled.generate([prompt], SamplingParams(temperature=0, max_tokens=32,
                                                     ignore_eos=True))[0]
     with torch.no_grad():

@@ -5,7 +5,8 @@ import torch
 from safetensors.torch import save_file
 
 from rlserve import Engine, SamplingParams
-from tests.checkpoints import build_checkpoint, load_hf
+from tests.support.checkpoints import build_checkpoint, load_hf
+from tests.support.numeric import max_abs_diff
 
 PROMPTS = [[5, 17, 42, 99, 3, 250, 7], list(range(40, 75))]
 GREEDY = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
@@ -29,8 +30,7 @@ def _outputs(engine, params=GREEDY):
 
 def _same(a, b, tol):
     assert [t for t, _ in a] == [t for t, _ in b]
-    assert max(abs(x - y) for (_, la), (_, lb) in zip(a, b, strict=True)
-               for x, y in zip(la, lb, strict=True)) <= tol
+    assert max(max_abs_diff(la, lb) for (_, la), (_, lb) in zip(a, b, strict=True)) <= tol
 
 
 @pytest.mark.parametrize("source", ["state_dict", "named_parameters", "folder", "file"])

@@ -16,14 +16,17 @@ from collections.abc import Callable
 import pytest
 
 from rlserve import SamplingParams
-from rlserve.rl import Sample, ToolError, Trajectory, rollout, rollout_batch
+from rlserve.rl import ToolError, rollout, rollout_batch
+from tests.support.calculator import CALCULATOR
+from tests.support.numeric import max_abs_diff
+from tests.support.rollouts import (
+    QUESTION,
+    ScriptedPolicy,
+    assert_matches_fresh_render,
+    check_consistent,
+    rendered_ids,
+)
 
-CALCULATOR = {"type": "function", "function": {
-    "name": "calculator", "description": "Evaluate an arithmetic expression.",
-    "parameters": {"type": "object", "properties": {"expression": {"type": "string"}},
-                   "required": ["expression"]}}}
-QUESTION = [{"role": "system", "content": "You are a helpful assistant."},
-            {"role": "user", "content": "What is 347 * 29?"}]
 CALL = '<tool_call>\n{"name": "calculator", "arguments": {"expression": "347 * 29"}}\n</tool_call>'
 GREEDY = SamplingParams(temperature=0, max_tokens=48)
 
@@ -47,75 +50,9 @@ def calculator(expression: str) -> str:
         raise ToolError(f"not an expression: {expression!r}") from None
 
 
-class ScriptedPolicy:
-    """A TokenGenerator whose replies come from `reply(prompt_text)`; appends `end` (the
-    end-of-turn token) unless a stop token id of the request comes first. Records the
-    size of every generation round."""
-
-    def __init__(self, tokenizer, reply: Callable[[str], str], end: str = "<|im_end|>",
-                 split_chars: bool = False, max_model_len: int = 1024) -> None:
-        self.tokenizer = tokenizer
-        self.reply = reply
-        self.end_id = tokenizer.convert_tokens_to_ids(end)
-        self.split_chars = split_chars  # sample a non-canonical tokenisation
-        self.max_model_len = max_model_len
-        self.rounds: list[int] = []
-        self.seeds: list[list[int | None]] = []
-
-    def generate(self, requests, on_done) -> None:
-        self.rounds.append(len(requests))
-        self.seeds.append([params.seed for _, params in requests])
-        for k, (prompt, params) in enumerate(requests):
-            text = self.reply(self.tokenizer.decode(prompt))
-            ids = self._encode(text) + [self.end_id]
-            finish, stop_reason = "stop", None
-            for i, token in enumerate(ids):
-                if token in params.stop_token_ids:
-                    ids, stop_reason = ids[:i + 1], token
-                    break
-            if len(ids) > params.max_tokens:
-                ids, finish, stop_reason = ids[:params.max_tokens], "length", None
-            on_done(k, Sample(ids, [-0.5] * len(ids), [3] * len(ids), finish, stop_reason))
-
-    def _encode(self, text: str) -> list[int]:
-        if not self.split_chars:
-            return self.tokenizer.encode(text, add_special_tokens=False)
-        return [t for ch in text for t in self.tokenizer.encode(ch, add_special_tokens=False)]
-
-
 def by_round(*replies: str) -> Callable[[str], str]:
     """Reply i after i tool responses (the last reply repeats)."""
     return lambda prompt: replies[min(prompt.count("<tool_response>"), len(replies) - 1)]
-
-
-def rendered_ids(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
-    text = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
-    return tokenizer.encode(text, add_special_tokens=False)
-
-
-def check_consistent(traj: Trajectory) -> None:
-    """Aligned lists, segments tiling the completion, mask/logprob/version rules."""
-    n = len(traj.completion_ids)
-    assert len(traj.logprobs) == len(traj.loss_mask) == len(traj.weight_versions) == n
-    assert traj.segments[0].start == 0 and traj.segments[-1].end == n
-    for a, b in zip(traj.segments, traj.segments[1:], strict=False):
-        assert a.end == b.start
-    for seg in traj.segments:
-        mask = traj.loss_mask[seg.start:seg.end]
-        assert mask == [1 if seg.kind == "model" else 0] * len(seg)
-        if seg.kind != "model":
-            assert traj.logprobs[seg.start:seg.end] == [0.0] * len(seg)
-            assert traj.weight_versions[seg.start:seg.end] == [-1] * len(seg)
-
-
-def assert_matches_fresh_render(tokenizer, traj: Trajectory, messages: list[dict],
-                                tools: list[dict] | None) -> None:
-    """The stream equals a fresh render of `messages`, except the newline the template
-    writes after the final <|im_end|> (the policy stopped at <|im_end|>)."""
-    fresh = rendered_ids(tokenizer, messages, tools)
-    stream = traj.token_ids
-    assert fresh[:len(stream)] == stream
-    assert tokenizer.decode(fresh[len(stream):]) == "\n"
 
 
 # ---- the bundled model -------------------------------------------------------------------
@@ -335,7 +272,7 @@ def test_bad_arguments_raise_value_errors(bundled):
 @pytest.fixture(scope="module")
 def served(make_engine):
     from rlserve.server import ServerConfig
-    from tests.conftest_server import RunningServer
+    from tests.support.servers import RunningServer
 
     server = RunningServer(make_engine(), ServerConfig(max_tokens=64, flush_interval_ms=5.0))
     yield server
@@ -352,7 +289,7 @@ def test_client_rollout_matches_the_engine(bundled, served):
     for r, loc in zip(remote, local, strict=True):
         assert r.completion_ids == loc.completion_ids and r.loss_mask == loc.loss_mask
         assert r.finish_reason == loc.finish_reason and not r.infra_error
-        assert max(abs(a - b) for a, b in zip(r.logprobs, loc.logprobs, strict=True)) <= 1e-4
+        assert max_abs_diff(r.logprobs, loc.logprobs) <= 1e-4
         assert r.weight_versions == loc.weight_versions  # the server reports them per token
         assert 0 in r.weight_versions
         check_consistent(r)

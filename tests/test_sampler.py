@@ -3,6 +3,7 @@
 import torch
 
 from rlserve.engine.sampler import SamplingRow, noise_seed, sample
+from tests.support.numeric import max_abs_diff
 
 LOGITS = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])
 
@@ -21,15 +22,15 @@ def _frequencies(draws: int = 6000, **kw) -> torch.Tensor:
 
 def test_frequencies_match_softmax():
     freq = _frequencies()
-    assert (freq - LOGITS.softmax(-1)).abs().max() < 0.025
+    assert max_abs_diff(freq, LOGITS.softmax(-1)) < 0.025
 
 
 def test_temperature_top_k_top_p_min_p():
     freq = _frequencies(temperature=0.5)
-    assert (freq - (LOGITS / 0.5).softmax(-1)).abs().max() < 0.025
+    assert max_abs_diff(freq, (LOGITS / 0.5).softmax(-1)) < 0.025
     freq = _frequencies(top_k=2)
     assert freq[2:].sum() == 0
-    assert (freq[:2] - LOGITS[:2].softmax(-1)).abs().max() < 0.025
+    assert max_abs_diff(freq[:2], LOGITS[:2].softmax(-1)) < 0.025
     probs = LOGITS.softmax(-1)  # [0.56, 0.21, 0.13, 0.08, 0.03, 0.004]
     freq = _frequencies(top_p=0.8)  # keeps 0.56 + 0.21 + 0.13 (the mass before is < 0.8)
     assert freq[3:].sum() == 0 and freq[2] > 0

@@ -15,14 +15,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from rlserve.sandbox import Sandbox, SandboxConfig
+from tests.support.sandboxes import WAIT_TO_BE_KILLED, while_killing_runs_under
 
 RUNS = 15  # per process
 WAIT_S = 30.0  # how long a snippet waits for the others before giving up
@@ -114,67 +113,10 @@ def test_two_processes_running_at_once_do_not_kill_each_others_runs(shared_dir: 
 # --- a run killed from outside is an infrastructure error --------------------------------
 
 
-@pytest.fixture
-def workdir_root() -> Iterator[Path]:
-    """A parent for the sandbox's work dirs that sandbox uids can traverse."""
-    path = Path(tempfile.mkdtemp(prefix="rlserve-test-workdirs-"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-# Waits to be killed, unless a kill already happened (the flag file is in the parent of
-# its work dir): the sandbox reruns a run killed from outside once, and that rerun ends.
-KILLED_FLAG = "killed-once"
-WAIT_TO_BE_KILLED = (
-    "import os, time\n"
-    f"if os.path.exists('../{KILLED_FLAG}'):\n"
-    "    print('rerun')\n"
-    "else:\n"
-    "    open('ready', 'w').close()\n"
-    "    time.sleep(60)\n"
-)
-
-
-def kill_runs_under(root: Path, timeout_s: float = 30.0) -> list[int]:
-    """Once a run under ``root`` is ready, SIGKILL every process working in its dir (the
-    interpreter and any wrapper), as another program or the OOM killer would. The flag that
-    lets a rerun end is left first, and a rerun works in a new dir, so it is not killed."""
-    deadline = time.monotonic() + timeout_s
-    while not (ready := list(root.glob("*/ready"))):
-        if time.monotonic() > deadline:
-            return []
-        time.sleep(0.01)
-    (root / KILLED_FLAG).touch()
-    dirs = {str(path.parent) for path in ready}
-    killed = []
-    for entry in os.scandir("/proc"):
-        try:
-            cwd = os.readlink(os.path.join(entry.path, "cwd"))
-        except OSError:
-            continue
-        if entry.name.isdigit() and cwd in dirs:
-            try:
-                os.kill(int(entry.name), 9)
-                killed.append(int(entry.name))
-            except ProcessLookupError:
-                pass
-    return killed
-
-
 def run_killed_from_outside(sb: Sandbox, root: Path, session_id: str | None = None):
-    killed: list[int] = []
-    killer = threading.Thread(target=lambda: killed.extend(kill_runs_under(root)))
-    killer.start()
-    try:
-        result = sb.run(WAIT_TO_BE_KILLED, timeout=30, session_id=session_id)
-    finally:
-        killer.join()
-        (root / KILLED_FLAG).unlink(missing_ok=True)
-    assert killed, "the run never became ready"
-    return result
+    return while_killing_runs_under(
+        root, lambda: sb.run(WAIT_TO_BE_KILLED, timeout=30, session_id=session_id)
+    )
 
 
 def test_a_run_killed_from_outside_is_a_sandbox_error(workdir_root: Path) -> None:

@@ -3,12 +3,6 @@ appended as a fenced block, and generation continues in the same assistant turn.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-import threading
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from rlserve import SamplingParams
@@ -23,14 +17,14 @@ from rlserve.rl.tir import (
     truncate,
 )
 from rlserve.sandbox import Sandbox, SandboxConfig, SandboxResult
-from tests.test_rollout import (
-    CALCULATOR,
+from tests.support.calculator import CALCULATOR
+from tests.support.rollouts import (
     QUESTION,
     ScriptedPolicy,
     assert_matches_fresh_render,
     check_consistent,
 )
-from tests.test_sandbox_processes import WAIT_TO_BE_KILLED, kill_runs_under
+from tests.support.sandboxes import WAIT_TO_BE_KILLED, while_killing_runs_under
 
 TIR = TIRConfig()
 PROBLEM = [{"role": "user", "content": "What is the sum of 1..9?"}]
@@ -237,34 +231,19 @@ def test_tir_decodes_a_round_that_ends_its_turn_once(bundled):
     assert counting.decoded == len(ids) + 1  # the sample, and its end token alone
 
 
-@pytest.fixture
-def workdir_root() -> Iterator[Path]:
-    """A parent for the sandbox's work dirs that sandbox uids can traverse."""
-    path = Path(tempfile.mkdtemp(prefix="rlserve-test-tir-"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def test_tir_run_killed_from_outside_is_an_infra_error(bundled, workdir_root):
     """A real sandbox run SIGKILLed by someone else: the trajectory is flagged, and the
     model is not shown an empty output block as if its code had printed nothing."""
     reply = f"<tool_call>\n{WAIT_TO_BE_KILLED}</tool_call>"
     policy = ScriptedPolicy(bundled.tokenizer, after_output(reply, "done"))
     config = SandboxConfig(max_concurrency=1, max_sessions=1, workdir_root=str(workdir_root))
-    killed: list[int] = []
     with Sandbox(config) as box:
-        killer = threading.Thread(target=lambda: killed.extend(kill_runs_under(workdir_root)))
-        killer.start()
-        try:
-            traj = rollout(
+        traj = while_killing_runs_under(
+            workdir_root,
+            lambda: rollout(
                 policy, PROBLEM, max_assistant_turns=4, tir=TIRConfig(timeout_s=30), sandbox=box
-            )
-        finally:
-            killer.join()
-    assert killed
+            ),
+        )
     assert traj.infra_error and traj.finish_reason == "infra_error", traj.error
     assert "killed by SIGKILL from outside the sandbox" in traj.error
     assert [s.kind for s in traj.segments] == ["model"]

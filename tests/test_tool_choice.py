@@ -5,19 +5,9 @@ import pytest
 from rlserve import SamplingParams
 from rlserve.engine.prefix_constraint import TokenTexts, allowed_token_ids
 from rlserve.tools import PARSERS, forced_call_prefixes, get_parser, validate_tools
+from tests.support.calculator import CALCULATOR
+from tests.support.numeric import max_abs_diff
 
-CALCULATOR = {
-    "type": "function",
-    "function": {
-        "name": "calculator",
-        "description": "Evaluate an arithmetic expression.",
-        "parameters": {
-            "type": "object",
-            "properties": {"expression": {"type": "string"}},
-            "required": ["expression"],
-        },
-    },
-}
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {}}}
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
 
@@ -99,7 +89,7 @@ def test_prefix_choices_force_the_start_and_keep_model_logprobs(bundled):
     assert forced.text.startswith(choices[0])
     # Reported logprobs are the model's own, constrained or not: equal to teacher forcing.
     scored = bundled.score(prompt, forced.token_ids)
-    assert max(abs(a - b) for a, b in zip(scored, forced.logprobs, strict=True)) < 1e-4
+    assert max_abs_diff(scored, forced.logprobs) < 1e-4
     assert forced.logprobs[0] < -1.0 and forced.sampling_logprobs[0] > -1e-3
 
 

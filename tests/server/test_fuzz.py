@@ -34,12 +34,12 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from rlserve.server import ServerConfig
-from tests import fuzz_strategies as fz
-from tests.conftest_server import TEST_MODEL, RunningServer, shared_server, wait_until
+from tests.server import fuzz_strategies as fz
+from tests.support.servers import TEST_MODEL, RunningServer, shared_server, wait_until
 
 REQUEST_TIMEOUT = 15.0  # seconds; a generation here takes well under one
 SCALE = float(os.environ.get("RLSERVE_FUZZ_SCALE", "1"))
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GOOD = {"prompt": "What is 2 + 3?", "max_tokens": 1, "temperature": 0.0}
 NEIGHBOUR_TOKENS = 32  # also the fuzz server's --max-tokens
 
@@ -121,12 +121,6 @@ def http(server: RunningServer):
     connection shows up as a broken next request."""
     with httpx.Client(base_url=server.url, timeout=REQUEST_TIMEOUT) as client:
         yield client
-
-
-@pytest.fixture(autouse=True)
-def settled(server: RunningServer):
-    yield
-    assert wait_until(server.idle, 10), "requests or KV blocks left behind"
 
 
 # --- the properties -------------------------------------------------------------------------
@@ -541,27 +535,39 @@ def check_good_stream(events: list[Any], n: int) -> None:
     assert finish_reasons(events) == ["length"] * n, finish_reasons(events)
 
 
+async def started_good_streams(
+    client: httpx.AsyncClient,
+) -> tuple[list[tuple[str, dict[str, Any]]], list[asyncio.Task]]:
+    """The good neighbour streams, once every one of them generates."""
+    goods = neighbour_bodies()
+    events = [asyncio.Event() for _ in goods]
+    streams = [
+        asyncio.create_task(good_stream(client, p, b, e))
+        for (p, b), e in zip(goods, events, strict=True)
+    ]
+    await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), REQUEST_TIMEOUT)
+    return goods, streams
+
+
+def check_good_streams(goods: list[tuple[str, dict[str, Any]]], results: list) -> None:
+    for (_, good), good_events in zip(goods, results, strict=True):
+        check_good_stream(good_events, good.get("n", 1))
+
+
 async def bad_next_to_good(
     url: str, path: str, body: bytes, headers: dict[str, str]
 ) -> tuple[httpx.Response, list]:
     """Start the good streams, send the bad request once they generate, then a good
     non-streamed request next to it; every answer within the timeout."""
     async with httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT) as client:
-        goods = neighbour_bodies()
-        events = [asyncio.Event() for _ in goods]
-        streams = [
-            asyncio.create_task(good_stream(client, p, b, e))
-            for (p, b), e in zip(goods, events, strict=True)
-        ]
-        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), REQUEST_TIMEOUT)
+        goods, streams = await started_good_streams(client)
         bad = client.post(path, content=body, headers=headers)
         plain = client.post("/generate", json={**GOOD, "max_tokens": 8, "ignore_eos": True})
         bad_resp, plain_resp = await asyncio.gather(bad, plain)
         assert plain_resp.status_code == 200, plain_resp.text
         assert plain_resp.json()["finish_reason"] == "length", plain_resp.json()
         results = await asyncio.gather(*streams)
-    for (_, good), good_events in zip(goods, results, strict=True):
-        check_good_stream(good_events, good.get("n", 1))
+    check_good_streams(goods, results)
     return bad_resp, results
 
 
@@ -590,20 +596,13 @@ def test_bad_request_does_not_hurt_its_neighbours(
 
 async def disconnect_next_to_good(url: str) -> None:
     async with httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT) as client:
-        goods = neighbour_bodies()
-        events = [asyncio.Event() for _ in goods]
-        streams = [
-            asyncio.create_task(good_stream(client, p, b, e))
-            for (p, b), e in zip(goods, events, strict=True)
-        ]
-        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), REQUEST_TIMEOUT)
+        goods, streams = await started_good_streams(client)
         for path, body in goods:  # each kind of request, dropped after its first chunk
             async with client.stream("POST", path, json={**body, "n": 3}) as resp:
                 async for _ in resp.aiter_lines():
                     break
         results = await asyncio.gather(*streams)
-    for (_, good), good_events in zip(goods, results, strict=True):
-        check_good_stream(good_events, good.get("n", 1))
+    check_good_streams(goods, results)
 
 
 def test_disconnects_do_not_hurt_their_neighbours(

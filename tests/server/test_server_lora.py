@@ -12,7 +12,7 @@ import torch
 
 from rlserve.config import BUNDLED_MODEL
 from rlserve.server.cli import build_parser, config_from_args, load_engine
-from tests.conftest_server import TEST_MODEL, RunningServer, shared_server, wait_until
+from tests.support.servers import TEST_MODEL, RunningServer, shared_server, wait_until
 
 PROMPT = "What is 7 + 8?"
 
@@ -21,7 +21,7 @@ PROMPT = "What is 7 + 8?"
 def adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from peft import LoraConfig, get_peft_model
 
-    from tests.checkpoints import load_hf
+    from tests.support.checkpoints import load_hf
 
     torch.manual_seed(0)
     base = load_hf(Path(TEST_MODEL or BUNDLED_MODEL))
@@ -61,7 +61,7 @@ def test_adapter_is_listed_and_served_by_default(lora_server: RunningServer) -> 
 def _save_adapter(out: Path, seed: int) -> Path:
     from peft import LoraConfig, get_peft_model
 
-    from tests.checkpoints import load_hf
+    from tests.support.checkpoints import load_hf
 
     torch.manual_seed(seed)
     base = load_hf(Path(TEST_MODEL or BUNDLED_MODEL))

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from rlserve.server import ServerConfig, create_app
 from rlserve.server.cli import main as serve_main
-from tests.conftest_server import RunningServer, wait_until
+from tests.support.servers import RunningServer, wait_until
 
 JSON_LIMIT = 2**20  # the hardening server's --max-request-bytes
 VALID_CONFIG = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from rlserve.server import ServerConfig
-from tests.conftest_server import TEST_MODEL, RunningServer, shared_server, wait_until
+from tests.support.servers import TEST_MODEL, RunningServer, shared_server
 
 GOOD = {"max_tokens": 64, "ignore_eos": True, "temperature": 0}
 MARK = "@@corrupt-after-admission@@"
@@ -27,12 +27,6 @@ def server(make_engine, pytestconfig) -> RunningServer:
         return RunningServer(engine, config)
 
     return shared_server("blast-radius", make, pytestconfig)
-
-
-@pytest.fixture(autouse=True)
-def settled(server: RunningServer):
-    yield
-    assert wait_until(server.idle, 10), "requests or KV blocks left behind"
 
 
 def _corrupt_marked_requests(engine: Any) -> None:

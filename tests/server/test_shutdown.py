@@ -21,7 +21,7 @@ import uvicorn
 
 from rlserve.server import ServerConfig, create_app
 from rlserve.server.cli import DrainingServer
-from tests.conftest_server import TEST_MODEL, free_port, wait_until
+from tests.support.servers import TEST_MODEL, free_port, wait_until
 
 PROMPT_IDS = [11, 42, 7, 99, 5, 17]
 MAX_LOG_LINES = 25

@@ -7,31 +7,10 @@ import openai
 import pytest
 
 from rlserve.client import TRAIN_KEY, Client
-from tests.conftest_server import RunningServer, main_server, wait_until
+from tests.support.servers import RunningServer
 
 PROMPT = "What is 2 + 3?"
 CHAT = [{"role": "user", "content": "What is 2 + 3?"}]
-
-
-@pytest.fixture(scope="module")
-def server(make_engine, pytestconfig) -> RunningServer:
-    return main_server(make_engine, pytestconfig)
-
-
-@pytest.fixture(autouse=True)
-def settled(server: RunningServer):
-    yield
-    assert wait_until(server.idle, 10), "requests or KV blocks left behind"
-
-
-@pytest.fixture(scope="module")
-def oai(server: RunningServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
-
-
-@pytest.fixture(scope="module")
-def model(oai: openai.OpenAI) -> str:
-    return oai.models.list().data[0].id
 
 
 def test_models_lists_the_served_model(oai: openai.OpenAI, model: str) -> None:

@@ -10,28 +10,11 @@ import pytest
 
 from rlserve.client import APIStatusError, AsyncClient
 from rlserve.server import ServerConfig
-from tests.conftest_server import (
-    TEST_MODEL,
-    RunningServer,
-    main_server,
-    shared_server,
-    wait_until,
-)
+from tests.support.servers import TEST_MODEL, RunningServer, shared_server, wait_until
 
 AUTH = {"Authorization": "Bearer sk-test"}
 # Long enough that a disconnect always lands mid-generation, however fast the machine.
 LONG = {"max_tokens": 1000, "ignore_eos": True, "temperature": 1.0}
-
-
-@pytest.fixture(scope="module")
-def server(make_engine, pytestconfig) -> RunningServer:
-    return main_server(make_engine, pytestconfig)
-
-
-@pytest.fixture(autouse=True)
-def settled(server: RunningServer):
-    yield
-    assert wait_until(server.idle, 10), "requests or KV blocks left behind"
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +65,7 @@ def test_bad_input_gets_4xx_naming_the_problem(
     assert ok.status_code == 200
 
 
-def test_openai_package_sees_typed_errors(server: RunningServer) -> None:
-    oai = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
+def test_openai_package_sees_typed_errors(oai: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError, match="temperature"):
         oai.completions.create(model="rlserve-tiny", prompt="x", temperature=-1)
     with pytest.raises(openai.NotFoundError, match="does not exist"):

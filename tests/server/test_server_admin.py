@@ -17,8 +17,9 @@ from safetensors.torch import load_file, save_file
 from rlserve import Engine, SamplingParams
 from rlserve.client import APIStatusError, Client, WeightSyncController
 from rlserve.server import ServerConfig
-from tests.checkpoints import build_checkpoint, load_hf
-from tests.conftest_server import RunningServer, wait_until
+from tests.support.checkpoints import build_checkpoint, load_hf
+from tests.support.numeric import max_abs_diff
+from tests.support.servers import RunningServer, wait_until
 
 ADMIN = "admin-secret"
 PROMPTS = [[11, 42, 7, 99, 5], [3, 8, 250, 17]]
@@ -81,8 +82,7 @@ def test_streamed_update_matches_fresh_engine(server, client, dirs) -> None:
         want = fresh.generate(prompt, params)[0]
         tokens, logprobs = greedy(client, prompt, server.app.state.rlserve.model_name)
         assert tokens == want.outputs[0].token_ids
-        pairs = zip(logprobs, want.outputs[0].logprobs, strict=True)
-        assert max(abs(a - b) for a, b in pairs) <= 1e-6
+        assert max_abs_diff(logprobs, want.outputs[0].logprobs) <= 1e-6
     # The same bytes without a Content-Length (chunked) take the other receive path.
     body = (dirs["B"] / "model.safetensors").read_bytes()
     headers = {"Authorization": f"Bearer {ADMIN}", "content-type": "application/octet-stream"}

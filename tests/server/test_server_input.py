@@ -25,15 +25,10 @@ from rlserve.server import ServerConfig
 from rlserve.server.openai_routes import _events
 from rlserve.server.prompt_input import check_text_fits, max_bytes_per_token
 from rlserve.server.request_group import RequestGroup
-from tests.conftest_server import TEST_MODEL, RunningServer, main_server, shared_server, wait_until
+from tests.support.servers import TEST_MODEL, RunningServer, shared_server, wait_until
 
 LIMIT = 64 * 1024  # the input server's --max-request-bytes
 USER = [{"role": "user", "content": "What is 2 + 3?"}]
-
-
-@pytest.fixture(scope="module")
-def server(make_engine, pytestconfig) -> RunningServer:
-    return main_server(make_engine, pytestconfig)
 
 
 @pytest.fixture(scope="module")
@@ -60,15 +55,6 @@ def trusting_server(make_engine, pytestconfig) -> RunningServer:
         return RunningServer(make_engine(TEST_MODEL, max_num_seqs=2), config)
 
     return shared_server("trusting", make, pytestconfig)
-
-
-@pytest.fixture(autouse=True)
-def settled(request):
-    yield
-    for name in ("server", "input_server", "trusting_server"):
-        if name in request.fixturenames:
-            running = request.getfixturevalue(name)
-            assert wait_until(running.idle, 10), "requests or KV blocks left behind"
 
 
 def _error(resp: httpx.Response, status: int, needle: str) -> dict[str, Any]:

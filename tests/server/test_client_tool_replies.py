@@ -7,38 +7,10 @@ import openai
 import pytest
 
 from rlserve.client import TRAIN_KEY, Client
-from tests.conftest_server import RunningServer, main_server, wait_until
+from tests.support.calculator import CALCULATOR
 
-CALCULATOR = {
-    "type": "function",
-    "function": {
-        "name": "calculator",
-        "description": "Evaluate an arithmetic expression.",
-        "parameters": {
-            "type": "object",
-            "properties": {"expression": {"type": "string"}},
-            "required": ["expression"],
-        },
-    },
-}
 ASK = [{"role": "user", "content": "What is 4821 * 37?"}]  # the model answers with a call
 KEEP_SPECIAL = {"skip_special_tokens": False, "include_stop_str_in_output": True}
-
-
-@pytest.fixture(scope="module")
-def server(make_engine, pytestconfig) -> RunningServer:
-    return main_server(make_engine, pytestconfig)
-
-
-@pytest.fixture(autouse=True)
-def settled(server: RunningServer):
-    yield
-    assert wait_until(server.idle, 10), "requests or KV blocks left behind"
-
-
-@pytest.fixture(scope="module")
-def oai(server: RunningServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
 
 
 def test_call_only_reply_has_null_content_with_the_training_defaults(server) -> None:
@@ -54,8 +26,7 @@ def test_call_only_reply_has_null_content_with_the_training_defaults(server) -> 
     assert len(choice["token_ids"]) == len(choice["logprobs"]["content"])
 
 
-def test_call_only_reply_streams_no_content(oai: openai.OpenAI) -> None:
-    model = oai.models.list().data[0].id
+def test_call_only_reply_streams_no_content(oai: openai.OpenAI, model: str) -> None:
     kw = {
         "model": model,
         "messages": ASK,
@@ -84,9 +55,8 @@ def test_call_only_reply_streams_no_content(oai: openai.OpenAI) -> None:
 )
 @pytest.mark.parametrize("stream", [False, True])
 def test_tools_without_a_usable_name_are_a_400_before_generating(
-    oai: openai.OpenAI, tools: list, stream: bool
+    oai: openai.OpenAI, model: str, tools: list, stream: bool
 ) -> None:
-    model = oai.models.list().data[0].id
     with pytest.raises(openai.BadRequestError) as err:
         result = oai.chat.completions.create(
             model=model, messages=ASK, tools=tools, max_tokens=8, stream=stream

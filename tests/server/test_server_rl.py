@@ -7,20 +7,9 @@ import pytest
 
 from rlserve import SamplingParams
 from rlserve.client import TRAIN_KEY, Client
-from tests.conftest_server import TEST_MODEL, RunningServer, main_server, wait_until
+from tests.support.servers import TEST_MODEL, RunningServer
 
 PROMPT = "What is 12 + 30?"
-
-
-@pytest.fixture(scope="module")
-def server(make_engine, pytestconfig) -> RunningServer:
-    return main_server(make_engine, pytestconfig)
-
-
-@pytest.fixture(autouse=True)
-def settled(server: RunningServer):
-    yield
-    assert wait_until(server.idle, 10), "requests or KV blocks left behind"
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,1 @@
+"""Helpers shared by test modules in and outside tests/server/ (imported, not conftest)."""
