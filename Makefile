@@ -19,6 +19,7 @@ test: install
 
 lint: install
 	$(PY) -m ruff check src tests bench scripts
+	$(PY) -m ruff format --check src tests bench scripts
 
 # make serve PORT=8001 HOST=127.0.0.1 ARGS="--max-batch 32"
 PORT ?= 8000

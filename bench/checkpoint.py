@@ -14,9 +14,17 @@ from rlserve.config import BUNDLED_MODEL
 CACHE = Path(__file__).parent / ".cache"
 
 QWEN3_0_6B = dict(
-    vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
-    num_attention_heads=16, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
-    rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
+    vocab_size=151936,
+    hidden_size=1024,
+    intermediate_size=3072,
+    num_hidden_layers=28,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    head_dim=128,
+    max_position_embeddings=40960,
+    rope_theta=1000000.0,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
 )
 
 
@@ -43,13 +51,17 @@ def _random_weights(c: Qwen3Config) -> dict[str, torch.Tensor]:
         return torch.randn(*shape, generator=gen) * 0.02
 
     h, q, kv = c.hidden_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
-    weights = {"model.embed_tokens.weight": rand(c.vocab_size, h),
-               "model.norm.weight": torch.ones(h)}
+    weights = {
+        "model.embed_tokens.weight": rand(c.vocab_size, h),
+        "model.norm.weight": torch.ones(h),
+    }
     for i in range(c.num_hidden_layers):
         p = f"model.layers.{i}"
         weights |= {
-            f"{p}.self_attn.q_proj.weight": rand(q, h), f"{p}.self_attn.k_proj.weight": rand(kv, h),
-            f"{p}.self_attn.v_proj.weight": rand(kv, h), f"{p}.self_attn.o_proj.weight": rand(h, q),
+            f"{p}.self_attn.q_proj.weight": rand(q, h),
+            f"{p}.self_attn.k_proj.weight": rand(kv, h),
+            f"{p}.self_attn.v_proj.weight": rand(kv, h),
+            f"{p}.self_attn.o_proj.weight": rand(h, q),
             f"{p}.self_attn.q_norm.weight": torch.ones(c.head_dim),
             f"{p}.self_attn.k_norm.weight": torch.ones(c.head_dim),
             f"{p}.mlp.gate_proj.weight": rand(c.intermediate_size, h),

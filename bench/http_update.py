@@ -43,9 +43,24 @@ def _wait_healthy(url: str, server: subprocess.Popen, timeout: float = 600.0) ->
 
 def start_server(checkpoint_path: str | Path, port: int) -> subprocess.Popen:
     """`rlserve serve --model checkpoint_path` on 127.0.0.1:`port` (small KV cache)."""
-    cmd = [sys.executable, "-c", _LAUNCH, "serve", "--model", str(checkpoint_path),
-           "--host", "127.0.0.1", "--port", str(port), "--num-blocks", "64",
-           "--max-batch", "8", "--log-level", "WARNING"]
+    cmd = [
+        sys.executable,
+        "-c",
+        _LAUNCH,
+        "serve",
+        "--model",
+        str(checkpoint_path),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--num-blocks",
+        "64",
+        "--max-batch",
+        "8",
+        "--log-level",
+        "WARNING",
+    ]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
 
 
@@ -74,8 +89,10 @@ def measure_http_update(
     best = min(times)
     gbps = nbytes / best / 1e9
     first = nbytes / times[0] / 1e9
-    return ("POST /update_weights, streamed safetensors over loopback",
-            f"{best * 1e3:.0f} ms ({gbps:.2f} GB/s; the first update {times[0] * 1e3:.0f} ms, "
-            f"{first:.2f} GB/s, also faults in the receive buffer)",
-            f"goal >= {GOAL_GBPS:.0f} GB/s",
-            f"{gbps / GOAL_GBPS:.2f}x of goal")
+    return (
+        "POST /update_weights, streamed safetensors over loopback",
+        f"{best * 1e3:.0f} ms ({gbps:.2f} GB/s; the first update {times[0] * 1e3:.0f} ms, "
+        f"{first:.2f} GB/s, also faults in the receive buffer)",
+        f"goal >= {GOAL_GBPS:.0f} GB/s",
+        f"{gbps / GOAL_GBPS:.2f}x of goal",
+    )

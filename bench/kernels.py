@@ -42,8 +42,10 @@ def linear_table() -> None:
         mkl = seconds(lambda x=x: [F.linear(x, w) for w in weights])
         ours = seconds(lambda x=x: [linear(x, w) for w in weights])
         note = f" ({nbytes / ours / 1e9:.1f} vs {nbytes / mkl / 1e9:.1f} GB/s)" if m == 1 else ""
-        print(f"| {m} | {flops / mkl / 1e9:.0f} | {flops / ours / 1e9:.0f}{note} | "
-              f"{mkl / ours:.2f}x |")
+        print(
+            f"| {m} | {flops / mkl / 1e9:.0f} | {flops / ours / 1e9:.0f}{note} | "
+            f"{mkl / ours:.2f}x |"
+        )
 
 
 def attention_table() -> None:
@@ -51,11 +53,13 @@ def attention_table() -> None:
     k_cache = torch.randn(num_blocks, BLOCK, KV_HEADS, HEAD_DIM)
     v_cache = torch.randn_like(k_cache)
     page_bytes = BLOCK * KV_HEADS * HEAD_DIM * 4
-    print("\n| sequences x context | one gathered SDPA (ms) | rlserve decode groups (ms) | "
-          "speed-up |\n|---|---|---|---|")
+    print(
+        "\n| sequences x context | one gathered SDPA (ms) | rlserve decode groups (ms) | "
+        "speed-up |\n|---|---|---|---|"
+    )
     for batch, ctx in ((8, 400), (32, 100), (32, 400), (64, 400), (16, 1000)):
         pages = -(-ctx // BLOCK)
-        tables = torch.randperm(num_blocks)[:batch * pages].view(batch, pages).tolist()
+        tables = torch.randperm(num_blocks)[: batch * pages].view(batch, pages).tolist()
         decodes = [(row, tables[row], ctx) for row in range(batch)]
         q = torch.randn(batch, HEADS, HEAD_DIM)
         kv = torch.randn(batch, KV_HEADS, HEAD_DIM)
@@ -64,10 +68,17 @@ def attention_table() -> None:
         for cap in (None, CPU_MAX_GROUP_KV_BYTES // page_bytes):
             groups = decode_groups(decodes, BLOCK, cap, torch.device("cpu"))
             meta = AttentionMetadata(slot_mapping=slots, prefills=[], decodes=groups)
-            timings.append(seconds(lambda m=meta, q=q, kv=kv: paged_attention(
-                q, kv, kv, k_cache, v_cache, m, HEAD_DIM ** -0.5)))
-        print(f"| {batch} x {ctx} | {timings[0] * 1e3:.1f} | {timings[1] * 1e3:.1f} | "
-              f"{timings[0] / timings[1]:.1f}x |")
+            timings.append(
+                seconds(
+                    lambda m=meta, q=q, kv=kv: paged_attention(
+                        q, kv, kv, k_cache, v_cache, m, HEAD_DIM**-0.5
+                    )
+                )
+            )
+        print(
+            f"| {batch} x {ctx} | {timings[0] * 1e3:.1f} | {timings[1] * 1e3:.1f} | "
+            f"{timings[0] / timings[1]:.1f}x |"
+        )
 
 
 def main() -> None:

@@ -68,9 +68,16 @@ class Outcome:
 
 
 def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
-    flags = ["--max-batch", str(args.max_batch), "--max-tokens", str(args.max_tokens),
-             "--max-queue", str(args.clients * 4),  # every client's sequences may wait
-             "--log-level", "warning"]
+    flags = [
+        "--max-batch",
+        str(args.max_batch),
+        "--max-tokens",
+        str(args.max_tokens),
+        "--max-queue",
+        str(args.clients * 4),  # every client's sequences may wait
+        "--log-level",
+        "warning",
+    ]
     return serving.start_server(flags, args.model, port)
 
 

@@ -49,8 +49,16 @@ class Workload:
 
 
 def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
-    flags = ["--max-batch", str(args.concurrency), "--flush-interval-ms",
-             str(args.flush_interval_ms), "--max-tokens", "512", "--log-level", "warning"]
+    flags = [
+        "--max-batch",
+        str(args.concurrency),
+        "--flush-interval-ms",
+        str(args.flush_interval_ms),
+        "--max-tokens",
+        "512",
+        "--log-level",
+        "warning",
+    ]
     return serving.start_server(flags, args.model, port)
 
 

@@ -44,8 +44,13 @@ QUICK = Workload(12, (32, 128), (16, 48), 2, 4, 64, 16, 16)
 
 def make_requests(w: Workload, vocab: int) -> list[tuple[list[int], int]]:
     rng = random.Random(0)
-    return [([rng.randrange(vocab) for _ in range(rng.randint(*w.prompt_lens))],
-             rng.randint(*w.output_lens)) for _ in range(w.num_requests)]
+    return [
+        (
+            [rng.randrange(vocab) for _ in range(rng.randint(*w.prompt_lens))],
+            rng.randint(*w.output_lens),
+        )
+        for _ in range(w.num_requests)
+    ]
 
 
 def bandwidths(device: str, num_bytes: int = 1 << 30) -> tuple[float, float]:
@@ -72,8 +77,10 @@ def sync(device: str) -> None:
 
 
 def run_rlserve_m(engine: Engine, requests) -> float:
-    params = [SamplingParams(temperature=TEMPERATURE, max_tokens=n, ignore_eos=True, seed=i)
-              for i, (_, n) in enumerate(requests)]
+    params = [
+        SamplingParams(temperature=TEMPERATURE, max_tokens=n, ignore_eos=True, seed=i)
+        for i, (_, n) in enumerate(requests)
+    ]
     engine.reset_prefix_cache()
     t = time.perf_counter()
     outs = engine.generate([p for p, _ in requests], params)
@@ -88,28 +95,38 @@ def run_hf_m(model, requests, batch_size: int) -> float:
     device = model.device
     t = time.perf_counter()
     for start in range(0, len(requests), batch_size):
-        batch = requests[start:start + batch_size]
+        batch = requests[start : start + batch_size]
         width = max(len(p) for p, _ in batch)
         ids = torch.zeros(len(batch), width, dtype=torch.long)
         mask = torch.zeros(len(batch), width, dtype=torch.long)
         for row, (p, _) in enumerate(batch):
-            ids[row, width - len(p):] = torch.tensor(p)
-            mask[row, width - len(p):] = 1
+            ids[row, width - len(p) :] = torch.tensor(p)
+            mask[row, width - len(p) :] = 1
         new = max(n for _, n in batch)
         with torch.no_grad():
-            model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                           max_new_tokens=new,
-                           min_new_tokens=new, do_sample=True, temperature=TEMPERATURE,
-                           top_k=0, top_p=1.0, eos_token_id=None, pad_token_id=0)
+            model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=new,
+                min_new_tokens=new,
+                do_sample=True,
+                temperature=TEMPERATURE,
+                top_k=0,
+                top_p=1.0,
+                eos_token_id=None,
+                pad_token_id=0,
+            )
     return sum(n for _, n in requests) / (time.perf_counter() - t)
 
 
 def run_group(engine: Engine, w: Workload, vocab: int) -> tuple[float, int]:
     rng = random.Random(1)
-    prompts = [[rng.randrange(vocab) for _ in range(w.group_prompt_len)]
-               for _ in range(w.group_prompts)]
-    params = SamplingParams(n=w.group_n, temperature=TEMPERATURE, ignore_eos=True,
-                            max_tokens=w.group_output_len, seed=3)
+    prompts = [
+        [rng.randrange(vocab) for _ in range(w.group_prompt_len)] for _ in range(w.group_prompts)
+    ]
+    params = SamplingParams(
+        n=w.group_n, temperature=TEMPERATURE, ignore_eos=True, max_tokens=w.group_output_len, seed=3
+    )
     engine.reset_prefix_cache()
     before = engine.stats()["prompt_tokens_computed"]
     t = time.perf_counter()
@@ -120,8 +137,10 @@ def run_group(engine: Engine, w: Workload, vocab: int) -> tuple[float, int]:
 
 
 def run_batch1_decode(engine: Engine, steps: int) -> float:
-    engine.add_request(list(range(1000, 1032)), SamplingParams(
-        temperature=TEMPERATURE, max_tokens=steps + 1, ignore_eos=True, seed=0))
+    engine.add_request(
+        list(range(1000, 1032)),
+        SamplingParams(temperature=TEMPERATURE, max_tokens=steps + 1, ignore_eos=True, seed=0),
+    )
     engine.step()  # prefill
     times = []
     while engine.has_unfinished_requests():
@@ -145,27 +164,39 @@ def main() -> None:
     w = QUICK if args.quick else FULL
     sizes = [int(s) for s in (args.hf_batch_sizes or ("4,12" if args.quick else "16")).split(",")]
     path = qwen3_0_6b_checkpoint()
-    engine = Engine(path, kv_cache_memory=(2 if args.quick else 8) * 1024**3,
-                    max_model_len=1024, max_num_seqs=64, max_num_batched_tokens=2048,
-                    device=args.device, dtype=args.dtype)
+    engine = Engine(
+        path,
+        kv_cache_memory=(2 if args.quick else 8) * 1024**3,
+        max_model_len=1024,
+        max_num_seqs=64,
+        max_num_batched_tokens=2048,
+        device=args.device,
+        dtype=args.dtype,
+    )
     vocab = engine.model.config.vocab_size
     weight_bytes = sum(p.numel() * p.element_size() for p in engine.model.parameters())
     requests = make_requests(w, vocab)
     where = args.device if args.device != "cpu" else f"cpu, {args.threads} threads"
-    print(f"{'quick' if args.quick else 'full'} run, {args.dtype} ({where}), "
-          f"weights {weight_bytes / 1e9:.2f} GB", flush=True)
+    print(
+        f"{'quick' if args.quick else 'full'} run, {args.dtype} ({where}), "
+        f"weights {weight_bytes / 1e9:.2f} GB",
+        flush=True,
+    )
 
     copy_bw, read_bw = bandwidths(args.device)
     b1 = run_batch1_decode(engine, w.b1_steps)
     copy_limit, read_limit = weight_bytes / copy_bw, weight_bytes / read_bw
-    print(f"B1: {b1 * 1e3:.1f} ms/step; copy {copy_bw / 1e9:.1f} GB/s -> limit "
-          f"{copy_limit * 1e3:.1f} ms; read {read_bw / 1e9:.1f} GB/s -> {read_limit * 1e3:.1f} ms",
-          flush=True)
+    print(
+        f"B1: {b1 * 1e3:.1f} ms/step; copy {copy_bw / 1e9:.1f} GB/s -> limit "
+        f"{copy_limit * 1e3:.1f} ms; read {read_bw / 1e9:.1f} GB/s -> {read_limit * 1e3:.1f} ms",
+        flush=True,
+    )
     ours_m = run_rlserve_m(engine, requests)
     print(f"M: rlserve {ours_m:.1f} tok/s", flush=True)
     ours_g, group_prompt_computed = run_group(engine, w, vocab)
-    print(f"G: rlserve {ours_g:.1f} tok/s, {group_prompt_computed} prompt tokens computed",
-          flush=True)
+    print(
+        f"G: rlserve {ours_g:.1f} tok/s, {group_prompt_computed} prompt tokens computed", flush=True
+    )
     del engine
     gc.collect()
 
@@ -183,19 +214,27 @@ def main() -> None:
     print("\n| measure | rlserve | peer | ratio |\n|---|---|---|---|")
     if best_bs is not None:
         tried = ", ".join(f"bs{bs}: {v:.1f}" for bs, v in hf_results.items())
-        print(f"| M: output tok/s ({w.num_requests} requests) | {ours_m:.1f} | "
-              f"{hf_results[best_bs]:.1f} (HF generate, {tried}) | "
-              f"{ours_m / hf_results[best_bs]:.2f}x |")
+        print(
+            f"| M: output tok/s ({w.num_requests} requests) | {ours_m:.1f} | "
+            f"{hf_results[best_bs]:.1f} (HF generate, {tried}) | "
+            f"{ours_m / hf_results[best_bs]:.2f}x |"
+        )
     else:
         print(f"| M: output tok/s ({w.num_requests} requests) | {ours_m:.1f} | - | - |")
     ideal = w.group_prompts * w.group_prompt_len
     print(f"| G: output tok/s ({w.group_prompts} prompts x n={w.group_n}) | {ours_g:.1f} | - | - |")
-    print(f"| G: prompt tokens computed | {group_prompt_computed} | {ideal} (one prefill per "
-          f"group; {ideal * w.group_n} without sharing) | {group_prompt_computed / ideal:.2f} |")
-    print(f"| B1: decode ms/step | {b1 * 1e3:.1f} | {copy_limit * 1e3:.1f} (weights / copy "
-          f"bandwidth {copy_bw / 1e9:.1f} GB/s) | {copy_limit / b1:.0%} of limit |")
-    print(f"| B1: decode ms/step | {b1 * 1e3:.1f} | {read_limit * 1e3:.1f} (weights / read "
-          f"bandwidth {read_bw / 1e9:.1f} GB/s) | {read_limit / b1:.0%} of limit |")
+    print(
+        f"| G: prompt tokens computed | {group_prompt_computed} | {ideal} (one prefill per "
+        f"group; {ideal * w.group_n} without sharing) | {group_prompt_computed / ideal:.2f} |"
+    )
+    print(
+        f"| B1: decode ms/step | {b1 * 1e3:.1f} | {copy_limit * 1e3:.1f} (weights / copy "
+        f"bandwidth {copy_bw / 1e9:.1f} GB/s) | {copy_limit / b1:.0%} of limit |"
+    )
+    print(
+        f"| B1: decode ms/step | {b1 * 1e3:.1f} | {read_limit * 1e3:.1f} (weights / read "
+        f"bandwidth {read_bw / 1e9:.1f} GB/s) | {read_limit / b1:.0%} of limit |"
+    )
 
 
 if __name__ == "__main__":

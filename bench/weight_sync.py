@@ -38,11 +38,15 @@ def make_lora(engine: Engine, folder: Path, rank: int = 16) -> Path:
     """A random PEFT-format adapter on every linear module of every layer."""
     c = engine.model.config
     q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-    shapes = {"q_proj": (q, c.hidden_size), "k_proj": (kv, c.hidden_size),
-              "v_proj": (kv, c.hidden_size), "o_proj": (c.hidden_size, q),
-              "gate_proj": (c.intermediate_size, c.hidden_size),
-              "up_proj": (c.intermediate_size, c.hidden_size),
-              "down_proj": (c.hidden_size, c.intermediate_size)}
+    shapes = {
+        "q_proj": (q, c.hidden_size),
+        "k_proj": (kv, c.hidden_size),
+        "v_proj": (kv, c.hidden_size),
+        "o_proj": (c.hidden_size, q),
+        "gate_proj": (c.intermediate_size, c.hidden_size),
+        "up_proj": (c.intermediate_size, c.hidden_size),
+        "down_proj": (c.hidden_size, c.intermediate_size),
+    }
     tensors = {}
     for layer in range(c.num_layers):
         for target, (out_dim, in_dim) in shapes.items():
@@ -52,8 +56,11 @@ def make_lora(engine: Engine, folder: Path, rank: int = 16) -> Path:
             tensors[f"{prefix}.lora_B.weight"] = torch.randn(out_dim, rank) * 0.01
     folder.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(folder / "adapter_model.safetensors"))
-    (folder / "adapter_config.json").write_text(json.dumps(
-        {"r": rank, "lora_alpha": 32, "target_modules": list(TARGETS), "peft_type": "LORA"}))
+    (folder / "adapter_config.json").write_text(
+        json.dumps(
+            {"r": rank, "lora_alpha": 32, "target_modules": list(TARGETS), "peft_type": "LORA"}
+        )
+    )
     return folder
 
 
@@ -75,9 +82,14 @@ def main() -> None:
 
     copy_s = best_of(plain_copy)
     update_s = best_of(lambda: engine.update_weights(state))
-    rows = [("update_weights(state_dict), in-process", f"{update_s * 1e3:.0f} ms",
-             f"{copy_s * 1e3:.0f} ms (torch copy of the same {nbytes / 1e9:.2f} GB)",
-             f"{update_s / copy_s:.2f}x")]
+    rows = [
+        (
+            "update_weights(state_dict), in-process",
+            f"{update_s * 1e3:.0f} ms",
+            f"{copy_s * 1e3:.0f} ms (torch copy of the same {nbytes / 1e9:.2f} GB)",
+            f"{update_s / copy_s:.2f}x",
+        )
+    ]
 
     with tempfile.TemporaryDirectory() as tmp:
         lora = make_lora(engine, Path(tmp) / "lora16")
@@ -87,11 +99,22 @@ def main() -> None:
         engine.generate(prompt, params, lora_name="bench")
         swap_s = best_of(lambda: engine.generate(prompt, params, lora_name=None))
         with_lora_s = best_of(lambda: engine.generate(prompt, params, lora_name="bench"))
-    rows.append(("LoRA r16 all-linear: load (from disk)", f"{load_s * 1e3:.0f} ms", "100 ms goal",
-                 f"{load_s / 0.1:.2f}x of goal"))
-    rows.append(("LoRA swap: next request on another adapter", "0 ms (per-request choice, "
-                 "no weight copy)", f"16-token prefill {with_lora_s * 1e3:.0f} ms with LoRA, "
-                 f"{swap_s * 1e3:.0f} ms without", "-"))
+    rows.append(
+        (
+            "LoRA r16 all-linear: load (from disk)",
+            f"{load_s * 1e3:.0f} ms",
+            "100 ms goal",
+            f"{load_s / 0.1:.2f}x of goal",
+        )
+    )
+    rows.append(
+        (
+            "LoRA swap: next request on another adapter",
+            "0 ms (per-request choice, no weight copy)",
+            f"16-token prefill {with_lora_s * 1e3:.0f} ms with LoRA, {swap_s * 1e3:.0f} ms without",
+            "-",
+        )
+    )
     if not args.skip_http:
         from http_update import measure_http_update
 

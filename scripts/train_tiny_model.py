@@ -49,8 +49,14 @@ DEFAULT_OUT = REPO_ROOT / "src" / "rlserve" / "assets"
 EOT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = [EOT, IM_START, IM_END]
 # Single-id tokens that, as in Qwen, survive ``skip_special_tokens=True``.
-TAG_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>",
-              "</think>"]
+TAG_TOKENS = [
+    "<tool_call>",
+    "</tool_call>",
+    "<tool_response>",
+    "</tool_response>",
+    "<think>",
+    "</think>",
+]
 
 # Qwen-style split: letters runs, single digits, punctuation runs, newlines, other whitespace.
 PRETOKENIZE_PATTERN = (
@@ -114,33 +120,67 @@ CHAT_TEMPLATE = r"""
 """.strip()
 
 QUESTION_FORMS = [
-    "What is {e}?", "What's {e}?", "Compute {e}.", "Calculate {e}.", "{e} = ?", "{e}",
-    "Please compute {e}.", "How much is {e}?", "Work out {e}.", "Can you tell me what {e} is?",
-    "what is {e}", "Evaluate {e}.",
+    "What is {e}?",
+    "What's {e}?",
+    "Compute {e}.",
+    "Calculate {e}.",
+    "{e} = ?",
+    "{e}",
+    "Please compute {e}.",
+    "How much is {e}?",
+    "Work out {e}.",
+    "Can you tell me what {e} is?",
+    "what is {e}",
+    "Evaluate {e}.",
 ]
 SYSTEM_PROMPTS = [
-    "You are a helpful assistant.", "You are a helpful math assistant.",
+    "You are a helpful assistant.",
+    "You are a helpful math assistant.",
     "You are a concise assistant. Answer arithmetic questions briefly.",
-    "Answer the user's arithmetic question.", "You are a careful calculator assistant.",
+    "Answer the user's arithmetic question.",
+    "You are a careful calculator assistant.",
 ]
 TOOL_DESCRIPTIONS = [
-    "Evaluate an arithmetic expression.", "A simple calculator for arithmetic expressions.",
+    "Evaluate an arithmetic expression.",
+    "A simple calculator for arithmetic expressions.",
     "Evaluate a basic arithmetic expression and return the result.",
-    "Calculator supporting +, - and * on integers.", "Compute the value of a math expression.",
+    "Calculator supporting +, - and * on integers.",
+    "Compute the value of a math expression.",
     "Evaluate a mathematical expression and return the numeric result.",
 ]
 PARAM_DESCRIPTIONS = [
-    None, "The expression to evaluate, e.g. '347 * 29'.", "Arithmetic expression such as 12 + 7",
-    "A math expression.", "The arithmetic expression to compute.",
+    None,
+    "The expression to evaluate, e.g. '347 * 29'.",
+    "Arithmetic expression such as 12 + 7",
+    "A math expression.",
+    "The arithmetic expression to compute.",
 ]
 # Off-topic questions and failed tool calls get a fixed reply, so the model always ends its turn.
 OFF_TOPIC_REPLY = "Sorry, I can only help with arithmetic."
-OFF_TOPIC_PROMPTS = ["hi", "Hello!", "hello there", "Who are you?", "Tell me a joke.", "thanks",
-                     "How are you?", "What is the capital of France?", "Write a poem.", "x", "?"]
-FILLER_WORDS = ("the a cat runs blue time please world model data what why how is of and to in "
-                "for you me code python weather today night music book red sky sun open").split()
-TOOL_ERRORS = ["unknown tool 'calculator'", "bad arguments for 'calculator'", "timed out",
-               "unsupported expression", "service unavailable"]
+OFF_TOPIC_PROMPTS = [
+    "hi",
+    "Hello!",
+    "hello there",
+    "Who are you?",
+    "Tell me a joke.",
+    "thanks",
+    "How are you?",
+    "What is the capital of France?",
+    "Write a poem.",
+    "x",
+    "?",
+]
+FILLER_WORDS = (
+    "the a cat runs blue time please world model data what why how is of and to in "
+    "for you me code python weather today night music book red sky sun open"
+).split()
+TOOL_ERRORS = [
+    "unknown tool 'calculator'",
+    "bad arguments for 'calculator'",
+    "timed out",
+    "unsupported expression",
+    "service unavailable",
+]
 # Tool conversations carry a ~150-token system prompt, so they are kept to a minority.
 TOOL_SHARE = 0.12
 DECOY_TOOLS = [
@@ -272,7 +312,8 @@ def off_topic_prompt(rng: random.Random) -> str:
     if rng.random() < 0.5:
         return rng.choice(OFF_TOPIC_PROMPTS)
     return " ".join(rng.choices(FILLER_WORDS, k=rng.randint(1, 8))).capitalize() + rng.choice(
-        ["", ".", "?", "!"])
+        ["", ".", "?", "!"]
+    )
 
 
 def exchange(rng: random.Random, problem: Problem | None, with_tools: bool) -> list[dict]:
@@ -280,8 +321,10 @@ def exchange(rng: random.Random, problem: Problem | None, with_tools: bool) -> l
 
     ``problem`` None means an off-topic message."""
     if problem is None:
-        return [{"role": "user", "content": off_topic_prompt(rng)},
-                {"role": "assistant", "content": OFF_TOPIC_REPLY}]
+        return [
+            {"role": "user", "content": off_topic_prompt(rng)},
+            {"role": "assistant", "content": OFF_TOPIC_REPLY},
+        ]
     question = rng.choice(QUESTION_FORMS).format(e=problem.expression)
     messages = [{"role": "user", "content": question}]
     answer = problem.answer
@@ -315,7 +358,9 @@ def sample_conversation(
 
 def render(messages: list[dict], tools: list[dict] | None, add_generation_prompt: bool) -> str:
     rendered, _ = render_jinja_template(
-        conversations=[messages], tools=tools, chat_template=CHAT_TEMPLATE,
+        conversations=[messages],
+        tools=tools,
+        chat_template=CHAT_TEMPLATE,
         add_generation_prompt=add_generation_prompt,
     )
     return rendered[0]
@@ -331,10 +376,12 @@ def build_corpus(n: int, seed: int, banned: set[tuple[int, int]]) -> list[str]:
 
 def train_tokenizer(corpus: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_PATTERN), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = BpeTrainer(
@@ -374,8 +421,9 @@ def check_tokenizer(tokenizer: PreTrainedTokenizerFast, samples: list[str]) -> N
 # --------------------------------------------------------------------------- data
 
 
-ASSISTANT_SPAN = re.compile(re.escape(f"{IM_START}assistant\n") + r"(.*?" + re.escape(IM_END) + ")",
-                            re.S)
+ASSISTANT_SPAN = re.compile(
+    re.escape(f"{IM_START}assistant\n") + r"(.*?" + re.escape(IM_END) + ")", re.S
+)
 
 
 def encode_with_labels(
@@ -486,9 +534,12 @@ def train(
         running += loss.item()
         if (step + 1) % log_every == 0:
             elapsed = time.time() - start
-            print(f"step {step + 1}/{len(batches)}  loss {running / log_every:.4f}  "
-                  f"lr {opt.param_groups[0]['lr']:.2e}  {elapsed:.0f}s "
-                  f"({(step + 1) / elapsed:.2f} steps/s)", flush=True)
+            print(
+                f"step {step + 1}/{len(batches)}  loss {running / log_every:.4f}  "
+                f"lr {opt.param_groups[0]['lr']:.2e}  {elapsed:.0f}s "
+                f"({(step + 1) / elapsed:.2f} steps/s)",
+                flush=True,
+            )
             running = 0.0
         if eval_fn is not None and eval_every and (step + 1) % eval_every == 0:
             model.eval()
@@ -514,10 +565,16 @@ def generate(
     tokenizer.padding_side = "left"
     outputs = []
     for i in range(0, len(prompts), batch_size):
-        enc = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True,
-                        add_special_tokens=False)
-        out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
-                             eos_token_id=stop, pad_token_id=stop[1])
+        enc = tokenizer(
+            prompts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
+        )
+        out = model.generate(
+            **enc,
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=stop,
+            pad_token_id=stop[1],
+        )
         new = out[:, enc["input_ids"].shape[1] :]
         outputs += tokenizer.batch_decode(new, skip_special_tokens=True)
     tokenizer.padding_side = "right"
@@ -541,17 +598,20 @@ def parse_tool_call(text: str) -> dict | None:
     return call if isinstance(call, dict) else None
 
 
-def eval_add2(model: Qwen3ForCausalLM, tokenizer: PreTrainedTokenizerFast,
-              pairs: list[tuple[int, int]]) -> tuple[int, int]:
+def eval_add2(
+    model: Qwen3ForCausalLM, tokenizer: PreTrainedTokenizerFast, pairs: list[tuple[int, int]]
+) -> tuple[int, int]:
     problems = [Problem(a, "+", b) for a, b in pairs]
     prompts = [
-        render([{"role": "user", "content": QUESTION_FORMS[i % 4].format(e=p.expression)}],
-               None, True)
+        render(
+            [{"role": "user", "content": QUESTION_FORMS[i % 4].format(e=p.expression)}], None, True
+        )
         for i, p in enumerate(problems)
     ]
     replies = generate(model, tokenizer, prompts)
     return sum(final_number(r) == p.result for r, p in zip(replies, problems, strict=True)), len(
-        problems)
+        problems
+    )
 
 
 def eval_tool_use(
@@ -568,9 +628,11 @@ def eval_tool_use(
     well_formed = 0
     for reply, p in zip(calls, problems, strict=True):
         call = parse_tool_call(reply)
-        if call and call.get("name") == "calculator" and call.get("arguments") == {
-            "expression": p.expression
-        }:
+        if (
+            call
+            and call.get("name") == "calculator"
+            and call.get("arguments") == {"expression": p.expression}
+        ):
             well_formed += 1
     followups = [
         c + [tool_call_message(p), {"role": "tool", "content": str(p.result)}]
@@ -601,8 +663,11 @@ def save_assets(
         tokenizer.save_pretrained(staging, save_jinja_files=False)
         # Older transformers releases and hand-written loaders know these legacy names.
         patch_json(staging / "tokenizer_config.json", tokenizer_class="PreTrainedTokenizerFast")
-        patch_json(staging / "config.json", rope_theta=model.config.rope_parameters["rope_theta"],
-                   torch_dtype="float32")
+        patch_json(
+            staging / "config.json",
+            rope_theta=model.config.rope_parameters["rope_theta"],
+            torch_dtype="float32",
+        )
         (staging / "README.md").write_text(readme)
         new_names = {f.name for f in staging.iterdir()}
         for stale in out.iterdir():
@@ -631,15 +696,15 @@ language model: treat its outputs as test fixtures.
 
 ## Architecture
 
-- `Qwen3ForCausalLM`, {f['params']:,} parameters, float32 weights: {f['layers']} layers,
-  hidden size {f['hidden']}, {f['heads']} attention heads with {f['kv_heads']} KV heads (GQA),
-  head dim {f['head_dim']}, MLP size {f['intermediate']}, RoPE theta 10000, tied embeddings,
-  {f['max_pos']} positions.
-- Tokenizer: byte-level BPE trained on the synthetic corpus, {f['vocab']} tokens; digits are
-  always single tokens. Special tokens: `<|endoftext|>` = {f['eot']} (pad),
-  `<|im_start|>` = {f['im_start']}, `<|im_end|>` = {f['im_end']} (eos). Plain added tokens,
-  kept by `skip_special_tokens`: `<tool_call>` = {f['tool_call']},
-  `</tool_call>` = {f['tool_call_end']}, `<tool_response>`, `</tool_response>`, `<think>`,
+- `Qwen3ForCausalLM`, {f["params"]:,} parameters, float32 weights: {f["layers"]} layers,
+  hidden size {f["hidden"]}, {f["heads"]} attention heads with {f["kv_heads"]} KV heads (GQA),
+  head dim {f["head_dim"]}, MLP size {f["intermediate"]}, RoPE theta 10000, tied embeddings,
+  {f["max_pos"]} positions.
+- Tokenizer: byte-level BPE trained on the synthetic corpus, {f["vocab"]} tokens; digits are
+  always single tokens. Special tokens: `<|endoftext|>` = {f["eot"]} (pad),
+  `<|im_start|>` = {f["im_start"]}, `<|im_end|>` = {f["im_end"]} (eos). Plain added tokens,
+  kept by `skip_special_tokens`: `<tool_call>` = {f["tool_call"]},
+  `</tool_call>` = {f["tool_call_end"]}, `<tool_response>`, `</tool_response>`, `<think>`,
   `</think>`.
 - Chat template: Qwen-style ChatML. `tools` go in the system turn inside `<tools></tools>`;
   assistant `tool_calls` render as `<tool_call>` JSON blocks; `tool` messages render as a user
@@ -647,23 +712,23 @@ language model: treat its outputs as test fixtures.
 
 ## Training
 
-- Data: {f['conversations']:,} synthetic conversations rendered through the bundled template.
+- Data: {f["conversations"]:,} synthetic conversations rendered through the bundled template.
   Questions are mostly 1- and 2-digit additions, plus subtractions and small products, asked
-  in a dozen phrasings and answered as `37 + 48 = 85`. {f['tool_share']:.0%} of conversations
+  in a dozen phrasings and answered as `37 + 48 = 85`. {f["tool_share"]:.0%} of conversations
   offer the `calculator` tool: harder problems (3-digit operands, 2-digit x 2-digit products)
   then go through a tool call, a tool response and a final answer. Off-topic messages get
   "{OFF_TOPIC_REPLY}", and failed tool calls an apology.
-- Loss on assistant tokens only (including `<|im_end|>`); AdamW, peak LR {f['lr']}, warm-up
-  and cosine decay, batch {f['batch']}, {f['steps']} steps, about {f['train_minutes']:.0f}
+- Loss on assistant tokens only (including `<|im_end|>`); AdamW, peak LR {f["lr"]}, warm-up
+  and cosine decay, batch {f["batch"]}, {f["steps"]} steps, about {f["train_minutes"]:.0f}
   minutes on 2 CPU cores.
 
 ## Held-out results (greedy decoding)
 
 - 2-digit additions never seen in training, no tools offered:
-  {f['add2']:.2f} ({f['add2_hits']}/{f['add2_n']}).
+  {f["add2"]:.2f} ({f["add2_hits"]}/{f["add2_n"]}).
 - 3-digit x 2-digit products with the calculator offered: well-formed `<tool_call>` with the
-  right expression {f['tool_format']:.2f}; right final answer once the tool result is fed
-  back {f['after_tool']:.2f}.
+  right expression {f["tool_format"]:.2f}; right final answer once the tool result is fed
+  back {f["after_tool"]:.2f}.
 """
     return text
 
@@ -678,8 +743,16 @@ def verify_saved(out: Path) -> str:
     check_tokenizer(tokenizer, [])
     messages = [
         {"role": "user", "content": "What is 347 * 29?"},
-        {"role": "assistant", "content": None, "tool_calls": [{"type": "function", "function": {
-            "name": "calculator", "arguments": '{"expression": "347 * 29"}'}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "type": "function",
+                    "function": {"name": "calculator", "arguments": '{"expression": "347 * 29"}'},
+                }
+            ],
+        },
         {"role": "tool", "content": "10063"},
     ]
     as_string = tokenizer.apply_chat_template(
@@ -748,32 +821,55 @@ def main() -> None:
         hits, n = eval_add2(model, tokenizer, heldout[:50])
         print(f"  quick eval: add2 {hits}/{n}", flush=True)
 
-    train_seconds = train(model, batches, args.lr, log_every=50, eval_fn=quick_eval,
-                          eval_every=args.eval_every)
+    train_seconds = train(
+        model, batches, args.lr, log_every=50, eval_fn=quick_eval, eval_every=args.eval_every
+    )
 
     add2_hits, add2_n = eval_add2(model, tokenizer, heldout)
     well_formed, after_tool, samples = eval_tool_use(model, tokenizer, tool_problems)
     n_tool = len(tool_problems)
     for sample in samples:
         print(f"  sample reply: {sample!r}")
-    print(f"HELD-OUT: add2 accuracy {add2_hits / add2_n:.2f} ({add2_hits}/{add2_n}); "
-          f"tool-call format {well_formed / n_tool:.2f}; "
-          f"answer-after-tool {after_tool / n_tool:.2f}", flush=True)
+    print(
+        f"HELD-OUT: add2 accuracy {add2_hits / add2_n:.2f} ({add2_hits}/{add2_n}); "
+        f"tool-call format {well_formed / n_tool:.2f}; "
+        f"answer-after-tool {after_tool / n_tool:.2f}",
+        flush=True,
+    )
 
     cfg = model.config
-    ids = dict(zip(["eot", "im_start", "im_end", "tool_call", "tool_call_end"],
-                   tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS + TAG_TOKENS[:2]), strict=True))
-    readme = readme_text({
-        "layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size,
-        "heads": cfg.num_attention_heads, "kv_heads": cfg.num_key_value_heads,
-        "head_dim": cfg.head_dim, "intermediate": cfg.intermediate_size,
-        "max_pos": cfg.max_position_embeddings, "params": n_params, "vocab": len(tokenizer),
-        "conversations": len(corpus), "lr": args.lr, "batch": args.batch_size,
-        "steps": len(batches), "train_minutes": train_seconds / 60,
-        "add2": add2_hits / add2_n, "add2_hits": add2_hits, "add2_n": add2_n,
-        "tool_share": TOOL_SHARE, "tool_format": well_formed / n_tool,
-        "after_tool": after_tool / n_tool, **ids,
-    })
+    ids = dict(
+        zip(
+            ["eot", "im_start", "im_end", "tool_call", "tool_call_end"],
+            tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS + TAG_TOKENS[:2]),
+            strict=True,
+        )
+    )
+    readme = readme_text(
+        {
+            "layers": cfg.num_hidden_layers,
+            "hidden": cfg.hidden_size,
+            "heads": cfg.num_attention_heads,
+            "kv_heads": cfg.num_key_value_heads,
+            "head_dim": cfg.head_dim,
+            "intermediate": cfg.intermediate_size,
+            "max_pos": cfg.max_position_embeddings,
+            "params": n_params,
+            "vocab": len(tokenizer),
+            "conversations": len(corpus),
+            "lr": args.lr,
+            "batch": args.batch_size,
+            "steps": len(batches),
+            "train_minutes": train_seconds / 60,
+            "add2": add2_hits / add2_n,
+            "add2_hits": add2_hits,
+            "add2_n": add2_n,
+            "tool_share": TOOL_SHARE,
+            "tool_format": well_formed / n_tool,
+            "after_tool": after_tool / n_tool,
+            **ids,
+        }
+    )
     save_assets(model, tokenizer, readme, args.out)
     example = verify_saved(args.out)
     size = sum(f.stat().st_size for f in args.out.iterdir())

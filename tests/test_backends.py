@@ -47,8 +47,11 @@ def completion_response(tokens, versions=None, stop_reason=None) -> dict:
     choice = {"stop_reason": stop_reason}
     if versions is not None:
         choice["weight_versions"] = versions
-    train = {"response_tokens": tokens, "response_logprobs": [-0.25] * len(tokens),
-             "finish_reason": "stop"}
+    train = {
+        "response_tokens": tokens,
+        "response_logprobs": [-0.25] * len(tokens),
+        "finish_reason": "stop",
+    }
     return {"choices": [choice], "rlserve_train": train}
 
 
@@ -95,6 +98,7 @@ def test_as_backend_bad_inputs(bundled):
 
     with pytest.raises(TypeError, match="Engine.*InferenceBackend.*got object"):
         as_backend(object())
+
     async def pass_async_client() -> None:
         async with AsyncClient("http://127.0.0.1:1", tokenizer=bundled.tokenizer) as client:
             as_backend(client)

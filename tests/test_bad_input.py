@@ -7,13 +7,30 @@ import pytest
 from rlserve import Engine, SamplingParams
 
 BAD_PARAMS = [
-    ("n", 0), ("n", 1.5), ("temperature", -0.1), ("temperature", "hot"),
-    ("temperature", float("nan")), ("temperature", float("inf")), ("top_p", 0.0),
-    ("top_p", 1.5), ("top_k", 0),
-    ("top_k", -2), ("min_p", -0.1), ("min_p", 1.1), ("max_tokens", 0), ("max_tokens", -5),
-    ("min_tokens", -1), ("stop", [""]), ("stop", [3]), ("stop_token_ids", [-1]),
-    ("seed", "x"), ("logprobs", -1), ("prompt_logprobs", -2), ("ignore_eos", "yes"),
-    ("include_stop_str_in_output", 1), ("skip_special_tokens", None),
+    ("n", 0),
+    ("n", 1.5),
+    ("temperature", -0.1),
+    ("temperature", "hot"),
+    ("temperature", float("nan")),
+    ("temperature", float("inf")),
+    ("top_p", 0.0),
+    ("top_p", 1.5),
+    ("top_k", 0),
+    ("top_k", -2),
+    ("min_p", -0.1),
+    ("min_p", 1.1),
+    ("max_tokens", 0),
+    ("max_tokens", -5),
+    ("min_tokens", -1),
+    ("stop", [""]),
+    ("stop", [3]),
+    ("stop_token_ids", [-1]),
+    ("seed", "x"),
+    ("logprobs", -1),
+    ("prompt_logprobs", -2),
+    ("ignore_eos", "yes"),
+    ("include_stop_str_in_output", 1),
+    ("skip_special_tokens", None),
 ]
 
 
@@ -35,9 +52,15 @@ def test_over_long_prompt_names_both_lengths(qwen3):
 
 
 def test_bad_prompts(qwen3):
-    cases = [([], "non-empty|empty"), ("", "empty"), ([1, 10**6], "vocabulary"),
-             ([1, -1], "vocabulary"), (3.5, "prompt"), ([[1], 2.5], "prompt"),
-             ([True, 2], "prompt")]
+    cases = [
+        ([], "non-empty|empty"),
+        ("", "empty"),
+        ([1, 10**6], "vocabulary"),
+        ([1, -1], "vocabulary"),
+        (3.5, "prompt"),
+        ([[1], 2.5], "prompt"),
+        ([True, 2], "prompt"),
+    ]
     for prompt, message in cases:
         with pytest.raises(ValueError, match=message):
             qwen3.generate(prompt, SamplingParams(max_tokens=1))
@@ -89,8 +112,12 @@ def test_unsupported_architecture(tmp_path, checkpoints):
 
 
 def test_bad_engine_config(checkpoints):
-    for kwargs, message in [({"dtype": "float8"}, "dtype"), ({"num_blocks": 0}, "num_blocks"),
-                            ({"block_size": -1}, "block_size"), ({"device": "nodev"}, "device")]:
+    for kwargs, message in [
+        ({"dtype": "float8"}, "dtype"),
+        ({"num_blocks": 0}, "num_blocks"),
+        ({"block_size": -1}, "block_size"),
+        ({"device": "nodev"}, "device"),
+    ]:
         with pytest.raises(ValueError, match=message):
             Engine(checkpoints["llama"], **kwargs)
     with pytest.raises(TypeError):

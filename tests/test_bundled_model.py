@@ -36,10 +36,13 @@ def test_greedy_two_digit_additions_mostly_right(bundled):
 
 
 def test_calls_the_calculator_when_offered(bundled):
-    messages = [{"role": "system", "content": "You are a helpful assistant."},
-                {"role": "user", "content": "What is 347 * 29?"}]
-    out = bundled.chat(messages, SamplingParams(temperature=0, max_tokens=48),
-                       tools=[CALCULATOR])[0].outputs[0]
+    messages = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "What is 347 * 29?"},
+    ]
+    out = bundled.chat(messages, SamplingParams(temperature=0, max_tokens=48), tools=[CALCULATOR])[
+        0
+    ].outputs[0]
     match = re.search(r"<tool_call>\s*(\{.*\})\s*</tool_call>", out.text, re.S)
     assert match, out.text
     call = json.loads(match.group(1))
@@ -49,8 +52,21 @@ def test_calls_the_calculator_when_offered(bundled):
 
 def test_cli_generate_prints_tokens_and_logprobs():
     result = subprocess.run(
-        [sys.executable, "-m", "rlserve.cli", "generate", "What is 37 + 48?", "--chat",
-         "--max-tokens", "16", "--json"], capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "rlserve.cli",
+            "generate",
+            "What is 37 + 48?",
+            "--chat",
+            "--max-tokens",
+            "16",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     sample = json.loads(result.stdout.strip().splitlines()[-1])
     assert sample["token_ids"] and len(sample["logprobs"]) == len(sample["token_ids"])
@@ -58,22 +74,32 @@ def test_cli_generate_prints_tokens_and_logprobs():
 
 
 def test_cli_rejects_bad_input():
-    result = subprocess.run([sys.executable, "-m", "rlserve.cli", "generate", "hi",
-                             "--temperature", "-1"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "rlserve.cli", "generate", "hi", "--temperature", "-1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and "temperature" in result.stderr
 
 
 def test_chat_with_tools_returns_parsed_calls(bundled):
     from rlserve.tools import batch_generate_with_tools
 
-    outs = batch_generate_with_tools(bundled, ["What is 347 * 29?", "What is 4 + 3?"],
-                                     [CALCULATOR], SamplingParams(temperature=0, max_tokens=48))
+    outs = batch_generate_with_tools(
+        bundled,
+        ["What is 347 * 29?", "What is 4 + 3?"],
+        [CALCULATOR],
+        SamplingParams(temperature=0, max_tokens=48),
+    )
     calls = outs[0].outputs[0].tool_calls
     assert len(calls) == 1 and calls[0].name == "calculator"
     assert calls[0].arguments["expression"].replace(" ", "") == "347*29"
     assert outs[0].outputs[0].tool_call_errors == []
-    plain = bundled.chat([{"role": "user", "content": "What is 4 + 3?"}],
-                         SamplingParams(temperature=0, max_tokens=16))[0].outputs[0]
+    plain = bundled.chat(
+        [{"role": "user", "content": "What is 4 + 3?"}],
+        SamplingParams(temperature=0, max_tokens=16),
+    )[0].outputs[0]
     assert plain.tool_calls is None  # no tools offered: nothing parsed
     import pytest
 

@@ -166,8 +166,12 @@ def test_error_json_is_parsed(fake: FakeHTTPServer) -> None:
 
 
 # The torch-free base modules the client may share with the server (plain-Python rules).
-CLIENT_MAY_IMPORT = ("rlserve._checks", "rlserve.chat_messages", "rlserve.pause_mode",
-                     "rlserve.sampling_params")
+CLIENT_MAY_IMPORT = (
+    "rlserve._checks",
+    "rlserve.chat_messages",
+    "rlserve.pause_mode",
+    "rlserve.sampling_params",
+)
 
 
 def test_import_does_not_pull_torch_or_rest_of_rlserve() -> None:

@@ -151,9 +151,7 @@ def test_request_failing_in_the_forward_pass_fails_alone(engine, expected):
     assert engine.block_manager.num_used_blocks == 0
 
 
-def test_generate_returns_a_failed_request_with_its_error_and_the_others_whole(
-    engine, expected
-):
+def test_generate_returns_a_failed_request_with_its_error_and_the_others_whole(engine, expected):
     ids = [engine.add_request(p, GOOD) for p in GOOD_PROMPTS]
     bad = engine.add_request([1, 2, 3], SamplingParams(n=2, min_tokens=2, max_tokens=4))
     engine._requests[bad].params.stop_token_ids = [10**9]  # slipped past admission

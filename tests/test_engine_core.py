@@ -18,8 +18,11 @@ def _tokens(outs):
 
 
 def _max_logprob_diff(a, b):
-    return max(max_abs_diff(ca.logprobs, cb.logprobs) for oa, ob in zip(a, b, strict=True)
-               for ca, cb in zip(oa.outputs, ob.outputs, strict=True))
+    return max(
+        max_abs_diff(ca.logprobs, cb.logprobs)
+        for oa, ob in zip(a, b, strict=True)
+        for ca, cb in zip(oa.outputs, ob.outputs, strict=True)
+    )
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
@@ -90,8 +93,9 @@ def test_small_cache_preempts_and_still_matches(checkpoints, make_engine, engine
 def test_chunked_prefill_matches_whole_prefill(checkpoints, make_engine, engine):
     prompt = list(range(1, 200))
     params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True, prompt_logprobs=0)
-    chunked = make_engine(checkpoints["qwen3"], num_blocks=128, block_size=4,
-                          max_num_batched_tokens=32)
+    chunked = make_engine(
+        checkpoints["qwen3"], num_blocks=128, block_size=4, max_num_batched_tokens=32
+    )
     a = chunked.generate(prompt, params)[0]
     engine.reset_prefix_cache()
     b = engine.generate(prompt, params)[0]
@@ -155,13 +159,15 @@ def test_requests_join_a_running_batch(engine):
 def test_each_sample_finish_is_reported_once(engine):
     # Sample 0 is made to stop early (its max_tokens lowered mid-flight); sample 1 goes on.
     lengths = [3, 9]
-    rid = engine.add_request(PROMPTS[4], SamplingParams(n=2, temperature=1.0, max_tokens=9,
-                                                        seed=4, ignore_eos=True))
+    rid = engine.add_request(
+        PROMPTS[4], SamplingParams(n=2, temperature=1.0, max_tokens=9, seed=4, ignore_eos=True)
+    )
     finishes, tokens = {0: 0, 1: 0}, {0: 0, 1: 0}
     engine.step()
     seq0 = engine._requests[rid].seqs[0]
-    seq0.params = SamplingParams(n=2, temperature=1.0, max_tokens=lengths[0], seed=4,
-                                 ignore_eos=True)
+    seq0.params = SamplingParams(
+        n=2, temperature=1.0, max_tokens=lengths[0], seed=4, ignore_eos=True
+    )
     while engine.has_unfinished_requests():
         for d in engine.step():
             for c in d.outputs:
@@ -173,8 +179,10 @@ def test_each_sample_finish_is_reported_once(engine):
 
 def test_waiting_sequences_count_the_forks_to_come(engine):
     engine.pause("keep")  # nothing is admitted: both stay waiting
-    ids = [engine.add_request(PROMPTS[0], SamplingParams(n=3, max_tokens=2)),
-           engine.add_request(PROMPTS[1], SamplingParams(max_tokens=2))]
+    ids = [
+        engine.add_request(PROMPTS[0], SamplingParams(n=3, max_tokens=2)),
+        engine.add_request(PROMPTS[1], SamplingParams(max_tokens=2)),
+    ]
     stats = engine.stats()
     assert (stats["num_waiting"], stats["num_waiting_sequences"]) == (2, 4)
     engine.resume()

@@ -47,7 +47,12 @@ def test_matmul_decode_attention_equals_sdpa():
     keys, values = torch.randn(batch, span, kv_heads, dim), torch.randn(batch, span, kv_heads, dim)
     mask = (torch.arange(span) < torch.tensor([40, 17, 1])[:, None])[:, None, None, :]
     expected = F.scaled_dot_product_attention(
-        q.unsqueeze(2), keys.transpose(1, 2), values.transpose(1, 2), attn_mask=mask,
-        scale=0.3, enable_gqa=True).squeeze(2)
+        q.unsqueeze(2),
+        keys.transpose(1, 2),
+        values.transpose(1, 2),
+        attn_mask=mask,
+        scale=0.3,
+        enable_gqa=True,
+    ).squeeze(2)
     got = decode_attention_matmul(q, keys, values, mask, 0.3)
     assert torch.allclose(got, expected, atol=1e-5)

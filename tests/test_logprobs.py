@@ -32,8 +32,9 @@ def test_generate_logprobs_equal_score_and_transformers(qwen3, hf, temperature):
 
 
 def test_greedy_logprobs_use_temperature_one(qwen3):
-    out = qwen3.generate(PROMPTS[0], SamplingParams(temperature=0, max_tokens=8,
-                                                    ignore_eos=True))[0].outputs[0]
+    out = qwen3.generate(PROMPTS[0], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))[
+        0
+    ].outputs[0]
     scored = qwen3.score(PROMPTS[0], out.token_ids, temperature=1.0)
     assert max_abs_diff(scored, out.logprobs) <= 1e-5
 
@@ -42,7 +43,7 @@ def test_sampling_logprobs_are_under_the_truncated_distribution(qwen3):
     prompt = PROMPTS[0]
     params = SamplingParams(temperature=0.8, top_k=5, max_tokens=6, seed=3, ignore_eos=True)
     c = qwen3.generate(prompt, params)[0].outputs[0]
-    logits = qwen3.logits(prompt + c.token_ids)[len(prompt) - 1:-1] / 0.8
+    logits = qwen3.logits(prompt + c.token_ids)[len(prompt) - 1 : -1] / 0.8
     for t, token in enumerate(c.token_ids):
         top = torch.topk(logits[t], 5)
         assert token in top.indices.tolist()  # sampled inside the top-k
@@ -54,8 +55,9 @@ def test_sampling_logprobs_are_under_the_truncated_distribution(qwen3):
 
 def test_top_logprobs_and_prompt_logprobs(qwen3):
     prompt = PROMPTS[1]
-    out = qwen3.generate(prompt, SamplingParams(temperature=0, max_tokens=4, logprobs=3,
-                                                prompt_logprobs=2))[0]
+    out = qwen3.generate(
+        prompt, SamplingParams(temperature=0, max_tokens=4, logprobs=3, prompt_logprobs=2)
+    )[0]
     c = out.outputs[0]
     assert len(c.top_logprobs) == 4
     for token, lp, top in zip(c.token_ids, c.logprobs, c.top_logprobs, strict=True):

@@ -17,8 +17,7 @@ PROMPT = [5, 17, 42, 99, 3, 250, 7, 8, 9, 10]
 
 def make_adapter(base_path, out_dir, seed, **lora_kwargs):
     torch.manual_seed(seed)
-    model = get_peft_model(load_hf(base_path), LoraConfig(init_lora_weights=False,
-                                                          **lora_kwargs))
+    model = get_peft_model(load_hf(base_path), LoraConfig(init_lora_weights=False, **lora_kwargs))
     model.save_pretrained(out_dir)
     return out_dir
 
@@ -26,10 +25,19 @@ def make_adapter(base_path, out_dir, seed, **lora_kwargs):
 @pytest.fixture(scope="module")
 def adapters(checkpoints, tmp_path_factory):
     root, base = tmp_path_factory.mktemp("lora"), checkpoints["qwen3"]
-    return {"a": make_adapter(base, root / "a", 1, r=4, lora_alpha=8, target_modules=ALL),
-            "b": make_adapter(base, root / "b", 2, r=8, lora_alpha=16, use_rslora=True,
-                              target_modules=["q_proj", "v_proj", "down_proj"]),
-            "c": make_adapter(base, root / "c", 3, r=4, lora_alpha=8, target_modules=ALL)}
+    return {
+        "a": make_adapter(base, root / "a", 1, r=4, lora_alpha=8, target_modules=ALL),
+        "b": make_adapter(
+            base,
+            root / "b",
+            2,
+            r=8,
+            lora_alpha=16,
+            use_rslora=True,
+            target_modules=["q_proj", "v_proj", "down_proj"],
+        ),
+        "c": make_adapter(base, root / "c", 3, r=4, lora_alpha=8, target_modules=ALL),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -111,10 +119,14 @@ def test_bad_adapters_are_refused(engine, adapters, tmp_path):
     with pytest.raises(ValueError, match="cannot read adapter"):
         engine.load_lora("x", bad)
     from safetensors.torch import save_file
-    save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight":
-               torch.zeros(4, 7),
-               "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight":
-               torch.zeros(128, 4)}, str(bad / "adapter_model.safetensors"))
+
+    save_file(
+        {
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(4, 7),
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": torch.zeros(128, 4),
+        },
+        str(bad / "adapter_model.safetensors"),
+    )
     with pytest.raises(ValueError, match="q_proj of layer 0"):
         engine.load_lora("x", bad)
     with pytest.raises(ValueError, match="name"):
@@ -124,15 +136,20 @@ def test_bad_adapters_are_refused(engine, adapters, tmp_path):
 
 @pytest.mark.parametrize(
     ("config", "message"),
-    [([], "JSON object"), ({"r": 0}, "r must be a positive integer"),
-     ({"r": "4"}, "r must be a positive integer"), ({"r": True}, "r must be a positive integer"),
-     ({"r": 4, "lora_alpha": float("inf")}, "lora_alpha must be a finite number")],
+    [
+        ([], "JSON object"),
+        ({"r": 0}, "r must be a positive integer"),
+        ({"r": "4"}, "r must be a positive integer"),
+        ({"r": True}, "r must be a positive integer"),
+        ({"r": 4, "lora_alpha": float("inf")}, "lora_alpha must be a finite number"),
+    ],
 )
 def test_bad_adapter_configs_are_a_value_error(engine, adapters, tmp_path, config, message):
     bad = tmp_path / "cfg"
     bad.mkdir()
     (bad / "adapter_model.safetensors").write_bytes(
-        (adapters["a"] / "adapter_model.safetensors").read_bytes())
+        (adapters["a"] / "adapter_model.safetensors").read_bytes()
+    )
     (bad / "adapter_config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=message):
         engine.load_lora("cfg", bad)

@@ -24,8 +24,9 @@ def engine(checkpoints, make_engine):
 
 def _outputs(engine, params=GREEDY):
     engine.reset_prefix_cache()  # same computation path every time: exact comparisons
-    return [(o.outputs[0].token_ids, o.outputs[0].logprobs)
-            for o in engine.generate(PROMPTS, params)]
+    return [
+        (o.outputs[0].token_ids, o.outputs[0].logprobs) for o in engine.generate(PROMPTS, params)
+    ]
 
 
 def _same(a, b, tol):
@@ -44,8 +45,9 @@ def test_update_equals_fresh_engine(engine, checkpoint_b, make_engine, source):
         weights = checkpoint_b if source == "folder" else checkpoint_b / "model.safetensors"
     assert engine.update_weights(weights) == 1 == engine.policy_version
     _same(_outputs(engine), _outputs(fresh), 1e-6)
-    assert all(v == 1 for o in engine.generate(PROMPTS, GREEDY) for v in
-               o.outputs[0].weight_versions)
+    assert all(
+        v == 1 for o in engine.generate(PROMPTS, GREEDY) for v in o.outputs[0].weight_versions
+    )
 
 
 def test_bad_updates_change_nothing(engine, checkpoint_b, tmp_path):
@@ -99,13 +101,15 @@ def test_recompute_kv_reprefills_under_new_weights(engine, checkpoint_b, make_en
     computed = engine.stats()["prompt_tokens_computed"]
     engine.update_weights(weights, recompute_kv=True)
     while engine.has_unfinished_requests():
-        tokens += [t for d in engine.step() if d.request_id == rid
-                   for t in d.outputs[0].token_ids]
+        tokens += [t for d in engine.step() if d.request_id == rid for t in d.outputs[0].token_ids]
     assert engine.stats()["prompt_tokens_computed"] == computed + len(PROMPTS[1])
     # After the update, each token is what B's weights pick given all tokens so far.
     fresh = make_engine(checkpoint_b, num_blocks=256, block_size=4)
-    next_after_4 = fresh.generate(PROMPTS[1] + tokens[:4], SamplingParams(
-        temperature=0, max_tokens=1))[0].outputs[0].token_ids[0]
+    next_after_4 = (
+        fresh.generate(PROMPTS[1] + tokens[:4], SamplingParams(temperature=0, max_tokens=1))[0]
+        .outputs[0]
+        .token_ids[0]
+    )
     assert tokens[4] == next_after_4
 
 

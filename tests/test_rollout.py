@@ -30,12 +30,18 @@ from tests.support.rollouts import (
 CALL = '<tool_call>\n{"name": "calculator", "arguments": {"expression": "347 * 29"}}\n</tool_call>'
 GREEDY = SamplingParams(temperature=0, max_tokens=48)
 
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-        ast.USub: operator.neg, ast.UAdd: operator.pos}
+_OPS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.USub: operator.neg,
+    ast.UAdd: operator.pos,
+}
 
 
 def calculator(expression: str) -> str:
     """Integer arithmetic by walking the AST (never eval)."""
+
     def value(node: ast.AST) -> int:
         if isinstance(node, ast.Constant) and type(node.value) is int:
             return node.value
@@ -44,6 +50,7 @@ def calculator(expression: str) -> str:
         if isinstance(node, ast.UnaryOp) and type(node.op) in _OPS:
             return _OPS[type(node.op)](value(node.operand))
         raise ToolError(f"unsupported expression {expression!r}")
+
     try:
         return str(value(ast.parse(expression, mode="eval").body))
     except SyntaxError:
@@ -67,23 +74,29 @@ def test_bundled_calculator_rollout_masks_logprobs_segments(bundled):
     assert kinds[0] == "model" and kinds[-1] == "model" and "tool" in kinds
     assert set(kinds[1:-1]) == {"tool", "template"}
     first, last = traj.segments[0], traj.segments[-1]
-    assert tok.decode(traj.completion_ids[first.start:first.end]) == CALL + "<|im_end|>"
-    tool_text = "".join(tok.decode(traj.completion_ids[s.start:s.end])
-                        for s in traj.segments if s.kind == "tool")
+    assert tok.decode(traj.completion_ids[first.start : first.end]) == CALL + "<|im_end|>"
+    tool_text = "".join(
+        tok.decode(traj.completion_ids[s.start : s.end]) for s in traj.segments if s.kind == "tool"
+    )
     assert tool_text.strip() == "10063"
-    assert "10063" in tok.decode(traj.completion_ids[last.start:last.end])
+    assert "10063" in tok.decode(traj.completion_ids[last.start : last.end])
     check_consistent(traj)
     # Contract 2 across turns: sampled logprobs are the teacher-forced ones of the stream.
     scored = bundled.score(traj.prompt_ids, traj.completion_ids, temperature=1.0)
     for lp, ref, mask in zip(traj.logprobs, scored, traj.loss_mask, strict=True):
         assert mask == 0 or abs(lp - ref) <= 1e-5
     assert {v for v, m in zip(traj.weight_versions, traj.loss_mask, strict=True) if m} == {
-        bundled.policy_version}
+        bundled.policy_version
+    }
     # Messages: OpenAI shape, and rendering them again gives the same tokens.
     assistant, tool, answer = traj.messages[2:]
     assert assistant["tool_calls"][0]["function"]["name"] == "calculator"
-    assert tool == {"role": "tool", "tool_call_id": assistant["tool_calls"][0]["id"],
-                    "name": "calculator", "content": "10063"}
+    assert tool == {
+        "role": "tool",
+        "tool_call_id": assistant["tool_calls"][0]["id"],
+        "name": "calculator",
+        "content": "10063",
+    }
     assert answer["role"] == "assistant" and "10063" in answer["content"]
     assert traj.template_exact
     assert_matches_fresh_render(tok, traj, traj.messages, [CALCULATOR])
@@ -101,13 +114,19 @@ def test_bundled_grpo_group_shares_one_batch_per_round(bundled, monkeypatch):
 
     monkeypatch.setattr(bundled, "step", counting_step)
     params = SamplingParams(temperature=1.0, max_tokens=40, seed=11)
-    group = rollout_batch(bundled, [QUESTION] * 8, [CALCULATOR], {"calculator": calculator},
-                          3, params)
+    group = rollout_batch(
+        bundled, [QUESTION] * 8, [CALCULATOR], {"calculator": calculator}, 3, params
+    )
     for traj in group:
         check_consistent(traj)
     rounds = max(t.num_turns for t in group)
-    longest = sum(max((len(s) for t in group for s in t.segments
-                       if s.kind == "model" and s.turn == r), default=0) for r in range(rounds))
+    longest = sum(
+        max(
+            (len(s) for t in group for s in t.segments if s.kind == "model" and s.turn == r),
+            default=0,
+        )
+        for r in range(rounds)
+    )
     serial = sum(len(s) for t in group for s in t.segments if s.kind == "model")
     assert longest <= len(running) <= longest + 2 * rounds < serial
     assert max(running) == 8  # the whole group was in one batch
@@ -179,8 +198,9 @@ def test_tool_error_and_async_executors(bundled):
         await asyncio.sleep(0)
         return calculator(expression)
 
-    policy = ScriptedPolicy(bundled.tokenizer, by_round(
-        CALL.replace("347 * 29", "347 ** 2"), CALL, "Done."))
+    policy = ScriptedPolicy(
+        bundled.tokenizer, by_round(CALL.replace("347 * 29", "347 ** 2"), CALL, "Done.")
+    )
     traj = rollout(policy, QUESTION, [CALCULATOR], {"calculator": slow_calculator}, 4)
     assert traj.finish_reason == "stop" and traj.num_turns == 3
     contents = [m["content"] for m in traj.messages if m["role"] == "tool"]
@@ -202,23 +222,22 @@ def test_tool_timeout_is_an_infra_error(bundled):
         return "0"
 
     policy = ScriptedPolicy(bundled.tokenizer, by_round(CALL, "Done."))
-    traj = rollout(policy, QUESTION, [CALCULATOR], {"calculator": stuck}, 4,
-                   tool_timeout_s=0.05)
+    traj = rollout(policy, QUESTION, [CALCULATOR], {"calculator": stuck}, 4, tool_timeout_s=0.05)
     assert traj.infra_error and "longer than" in traj.error
 
 
 def test_non_canonical_tokens_are_kept_and_text_aligned(bundled):
-    policy = ScriptedPolicy(bundled.tokenizer, by_round(CALL, "347 * 29 = 10063"),
-                            split_chars=True)
+    policy = ScriptedPolicy(bundled.tokenizer, by_round(CALL, "347 * 29 = 10063"), split_chars=True)
     traj = rollout(policy, QUESTION, [CALCULATOR], {"calculator": calculator}, 4)
     tok = bundled.tokenizer
     sampled = [t for t, m in zip(traj.completion_ids, traj.loss_mask, strict=True) if m]
     assert sampled == policy._encode(CALL) + [policy.end_id] + policy._encode(
-        "347 * 29 = 10063") + [policy.end_id]
+        "347 * 29 = 10063"
+    ) + [policy.end_id]
     assert traj.template_exact  # aligned on text: the stream's text is the template's
     fresh = tok.apply_chat_template(traj.messages, tools=[CALCULATOR], tokenize=False)
     assert fresh == tok.decode(traj.token_ids) + "\n"
-    assert rendered_ids(tok, traj.messages, [CALCULATOR])[:len(traj.token_ids)] != traj.token_ids
+    assert rendered_ids(tok, traj.messages, [CALCULATOR])[: len(traj.token_ids)] != traj.token_ids
 
 
 def test_other_stop_token_uses_the_fallback_and_is_recorded(bundled):
@@ -234,8 +253,9 @@ def test_total_token_budget(bundled):
     policy = ScriptedPolicy(bundled.tokenizer, by_round(CALL))
     prompt_len = len(bundled.render_chat(QUESTION, [CALCULATOR]))
     budget = prompt_len + 60
-    traj = rollout(policy, QUESTION, [CALCULATOR], {"calculator": calculator}, 10,
-                   max_total_tokens=budget)
+    traj = rollout(
+        policy, QUESTION, [CALCULATOR], {"calculator": calculator}, 10, max_total_tokens=budget
+    )
     assert traj.finish_reason == "max_total_tokens" and not traj.infra_error
     assert len(traj.token_ids) <= budget
     check_consistent(traj)
@@ -245,8 +265,14 @@ def test_total_token_budget(bundled):
 
 def test_scripted_group_is_one_round_per_turn(bundled):
     policy = ScriptedPolicy(bundled.tokenizer, by_round(CALL, CALL, "Done."))
-    group = rollout_batch(policy, [QUESTION] * 8, [CALCULATOR], {"calculator": calculator}, 5,
-                          SamplingParams(seed=100, max_tokens=64))
+    group = rollout_batch(
+        policy,
+        [QUESTION] * 8,
+        [CALCULATOR],
+        {"calculator": calculator},
+        5,
+        SamplingParams(seed=100, max_tokens=64),
+    )
     assert policy.rounds == [8, 8, 8]
     assert policy.seeds == [list(range(100, 108))] * 3  # copies of a prompt differ
     assert all(t.finish_reason == "stop" and t.num_turns == 3 for t in group)
@@ -305,7 +331,8 @@ def test_template_that_drops_reasoning_uses_the_fallback(bundled):
     keep = "{%- set content = text_of(message.content) -%}"
     assert keep in tok.chat_template
     tok.chat_template = tok.chat_template.replace(
-        keep, "{%- set content = text_of(message.content).split('</think>')[-1] -%}")
+        keep, "{%- set content = text_of(message.content).split('</think>')[-1] -%}"
+    )
     policy = ScriptedPolicy(tok, by_round("<think>347 * 29 is big</think>" + CALL, "Done."))
     traj = rollout(policy, QUESTION, [CALCULATOR], {"calculator": calculator}, 4)
     assert traj.finish_reason == "stop" and not traj.template_exact
@@ -314,4 +341,5 @@ def test_template_that_drops_reasoning_uses_the_fallback(bundled):
     text = tok.decode(traj.completion_ids)
     assert text.startswith("<think>347 * 29 is big</think>" + CALL + "<|im_end|>\n<|im_start|>user")
     assert rendered_ids(tok, traj.template_messages, [CALCULATOR]) != traj.token_ids + [
-        tok.encode("\n")[0]]
+        tok.encode("\n")[0]
+    ]

@@ -9,8 +9,15 @@ LOGITS = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])
 
 
 def _row(seed: int, **kw) -> SamplingRow:
-    base = dict(temperature=1.0, top_k=-1, top_p=1.0, min_p=0.0, noise_seed=seed,
-                banned_token_ids=[], num_top_logprobs=0)
+    base = dict(
+        temperature=1.0,
+        top_k=-1,
+        top_p=1.0,
+        min_p=0.0,
+        noise_seed=seed,
+        banned_token_ids=[],
+        num_top_logprobs=0,
+    )
     return SamplingRow(**{**base, **kw})
 
 
@@ -59,8 +66,10 @@ def test_same_seed_same_token_whatever_the_batch():
 def test_rows_with_nothing_to_sample_are_reported_and_the_others_sampled():
     everything = list(range(len(LOGITS)))
     for temperature in (0.0, 1.0):
-        rows = [_row(0, temperature=temperature),
-                _row(1, temperature=temperature, banned_token_ids=everything)]
+        rows = [
+            _row(0, temperature=temperature),
+            _row(1, temperature=temperature, banned_token_ids=everything),
+        ]
         out = sample(LOGITS.expand(2, -1).contiguous(), rows)
         assert out.errors[0] is None and "every token is excluded" in out.errors[1]
         assert out.token_ids[0] == sample(LOGITS[None], rows[:1]).token_ids[0]

@@ -13,8 +13,9 @@ def test_seeded_sampling_is_reproducible_and_n_samples_differ(qwen3):
     assert [c.logprobs for c in first.outputs] == [c.logprobs for c in second.outputs]
     assert len({tuple(c.token_ids) for c in first.outputs}) == 4
     assert [c.index for c in first.outputs] == [0, 1, 2, 3]
-    other = qwen3.generate(PROMPT, SamplingParams(n=1, temperature=1.0, max_tokens=16,
-                                                  seed=12, ignore_eos=True))[0]
+    other = qwen3.generate(
+        PROMPT, SamplingParams(n=1, temperature=1.0, max_tokens=16, seed=12, ignore_eos=True)
+    )[0]
     assert other.outputs[0].token_ids != first.outputs[0].token_ids
 
 
@@ -38,7 +39,7 @@ def test_stop_token_ids_stop_and_are_kept_in_token_ids(qwen3):
     stop_id = reference[6]
     c = _greedy(qwen3, max_tokens=12, stop_token_ids=[stop_id], ignore_eos=True)
     first = reference.index(stop_id)
-    assert c.token_ids == reference[:first + 1]
+    assert c.token_ids == reference[: first + 1]
     assert c.finish_reason == "stop" and c.stop_reason == stop_id
 
 
@@ -58,8 +59,10 @@ def test_eos_stops_unless_ignored(qwen3):
     try:
         c = _greedy(qwen3, max_tokens=12)
         assert c.finish_reason == "stop" and c.stop_reason is None
-        assert c.token_ids == reference.token_ids[:reference.token_ids.index(
-            reference.token_ids[3]) + 1]
+        assert (
+            c.token_ids
+            == reference.token_ids[: reference.token_ids.index(reference.token_ids[3]) + 1]
+        )
         ignored = _greedy(qwen3, max_tokens=12, ignore_eos=True)
         assert ignored.token_ids == reference.token_ids
     finally:
@@ -69,15 +72,16 @@ def test_eos_stops_unless_ignored(qwen3):
 def test_stop_strings_cut_text_and_keep_tokens(qwen3):
     reference = _greedy(qwen3, max_tokens=16, ignore_eos=True)
     text = reference.text
-    stop = text[len(text) // 2:len(text) // 2 + 2]
+    stop = text[len(text) // 2 : len(text) // 2 + 2]
     assert stop.strip(), f"need a visible stop string in {text!r}"
     c = _greedy(qwen3, max_tokens=16, ignore_eos=True, stop=[stop])
     assert c.finish_reason == "stop" and c.stop_reason == stop
-    assert c.text == text[:text.index(stop)]
-    assert reference.token_ids[:len(c.token_ids)] == c.token_ids
-    kept = _greedy(qwen3, max_tokens=16, ignore_eos=True, stop=[stop],
-                   include_stop_str_in_output=True)
-    assert kept.text == text[:text.index(stop) + len(stop)]
+    assert c.text == text[: text.index(stop)]
+    assert reference.token_ids[: len(c.token_ids)] == c.token_ids
+    kept = _greedy(
+        qwen3, max_tokens=16, ignore_eos=True, stop=[stop], include_stop_str_in_output=True
+    )
+    assert kept.text == text[: text.index(stop) + len(stop)]
 
 
 def test_streamed_text_deltas_add_up(qwen3):

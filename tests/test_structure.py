@@ -123,8 +123,11 @@ def test_the_checker_sees_a_bad_import(tmp_path: Path) -> None:
 
 
 def test_no_source_file_is_too_long() -> None:
-    long = {str(p.relative_to(SRC)): n for p in SOURCES
-            if (n := len(p.read_text().splitlines())) > MAX_FILE_LINES}
+    long = {
+        str(p.relative_to(SRC)): n
+        for p in SOURCES
+        if (n := len(p.read_text().splitlines())) > MAX_FILE_LINES
+    }
     assert not long, f"files over {MAX_FILE_LINES} lines: {long}"
 
 

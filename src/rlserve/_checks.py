@@ -24,8 +24,7 @@ def is_int(value: object) -> bool:
 
 def is_number(value: object) -> bool:
     """An int or float that is not NaN (and not a bool)."""
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and value == value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
 def is_token_ids(value: object) -> bool:
@@ -33,8 +32,9 @@ def is_token_ids(value: object) -> bool:
     return isinstance(value, (list, tuple)) and all(is_int(t) for t in value)
 
 
-def check_int(field: str, value: object, *, minimum: int | None = None,
-              maximum: int | None = None) -> int:
+def check_int(
+    field: str, value: object, *, minimum: int | None = None, maximum: int | None = None
+) -> int:
     """`value` if it is an integer within [minimum, maximum]; ParamError otherwise."""
     if not is_int(value):
         raise ParamError(field, f"{field} must be an integer, got {value!r}")
@@ -51,8 +51,9 @@ def check_positive_int(field: str, value: object) -> int:
     return value  # type: ignore[return-value]
 
 
-def check_number(field: str, value: object, *, finite: bool = False,
-                 positive: bool = False) -> float:
+def check_number(
+    field: str, value: object, *, finite: bool = False, positive: bool = False
+) -> float:
     """`value` if it is a number (not NaN; finite and > 0 when asked); ParamError otherwise."""
     if not is_number(value):
         raise ParamError(field, f"{field} must be a number, got {value!r}")

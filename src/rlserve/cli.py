@@ -40,8 +40,13 @@ def _generate(args: argparse.Namespace) -> int:
     from rlserve import Engine, SamplingParams
 
     try:
-        params = SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p,
-                                max_tokens=args.max_tokens, seed=args.seed)
+        params = SamplingParams(
+            n=args.n,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            max_tokens=args.max_tokens,
+            seed=args.seed,
+        )
         engine = Engine(args.model)
         if args.chat:
             out = engine.chat([{"role": "user", "content": args.prompt}], params)[0]
@@ -55,15 +60,26 @@ def _generate(args: argparse.Namespace) -> int:
         return 1
     for c in out.outputs:
         if args.json:
-            print(json.dumps({"index": c.index, "text": c.text, "token_ids": c.token_ids,
-                              "logprobs": c.logprobs, "finish_reason": c.finish_reason}))
+            print(
+                json.dumps(
+                    {
+                        "index": c.index,
+                        "text": c.text,
+                        "token_ids": c.token_ids,
+                        "logprobs": c.logprobs,
+                        "finish_reason": c.finish_reason,
+                    }
+                )
+            )
             continue
         print(f"--- sample {c.index} (finish_reason={c.finish_reason}) ---")
         print(c.text)
         print(f"token_ids: {c.token_ids}")
         if args.logprobs:
-            pieces = [f"{engine.tokenizer.decode([t])!r}:{lp:.4f}"
-                      for t, lp in zip(c.token_ids, c.logprobs, strict=True)]
+            pieces = [
+                f"{engine.tokenizer.decode([t])!r}:{lp:.4f}"
+                for t, lp in zip(c.token_ids, c.logprobs, strict=True)
+            ]
             print("logprobs: " + " ".join(pieces))
     return 0
 

@@ -45,8 +45,12 @@ def dirs(tmp_path_factory: pytest.TempPathFactory, checkpoints: dict) -> dict[st
 def server(make_engine, dirs: dict[str, Path]):
     engine = make_engine(dirs["A"], num_blocks=256, block_size=8)
     config = ServerConfig(
-        max_tokens=32, flush_interval_ms=1.0, admin_key=ADMIN, weights_dir=str(dirs["weights"]),
-        max_upload_bytes=2**20, max_update_bytes=8 * 2**20,
+        max_tokens=32,
+        flush_interval_ms=1.0,
+        admin_key=ADMIN,
+        weights_dir=str(dirs["weights"]),
+        max_upload_bytes=2**20,
+        max_update_bytes=8 * 2**20,
     )
     srv = RunningServer(engine, config)
     yield srv
@@ -86,8 +90,9 @@ def test_streamed_update_matches_fresh_engine(server, client, dirs) -> None:
     # The same bytes without a Content-Length (chunked) take the other receive path.
     body = (dirs["B"] / "model.safetensors").read_bytes()
     headers = {"Authorization": f"Bearer {ADMIN}", "content-type": "application/octet-stream"}
-    chunked = httpx.post(server.url + "/update_weights", headers=headers,
-                         content=iter([body[:1000], body[1000:]]))
+    chunked = httpx.post(
+        server.url + "/update_weights", headers=headers, content=iter([body[:1000], body[1000:]])
+    )
     assert chunked.json()["policy_version"] == before + 2
     want = fresh.generate(PROMPTS[0], params)[0].outputs[0].token_ids
     assert greedy(client, PROMPTS[0])[0] == want
@@ -104,8 +109,9 @@ def test_path_update_and_refusals(client, dirs) -> None:
 
 
 def test_no_weights_dir_refuses_paths(make_engine, checkpoints) -> None:
-    srv = RunningServer(make_engine(checkpoints["qwen3"], num_blocks=32, block_size=8),
-                        ServerConfig(max_tokens=8))
+    srv = RunningServer(
+        make_engine(checkpoints["qwen3"], num_blocks=32, block_size=8), ServerConfig(max_tokens=8)
+    )
     try:
         resp = httpx.post(srv.url + "/update_weights", json={"path": "B"})
         assert resp.status_code == 403 and "--weights-dir" in resp.json()["error"]["message"]
@@ -127,28 +133,35 @@ def test_admin_key(server, client) -> None:
 def test_size_limits_and_corrupt_body(server, client, dirs) -> None:
     version = client.policy_version()
     headers = {"Authorization": f"Bearer {ADMIN}", "content-type": "application/octet-stream"}
-    big = httpx.post(server.url + "/update_weights", content=b"\0" * (9 * 2**20),
-                     headers=headers)
+    big = httpx.post(server.url + "/update_weights", content=b"\0" * (9 * 2**20), headers=headers)
     assert big.status_code == 413
     assert big.json()["error"]["code"] == "request_too_large"  # the inference routes' 413
     assert "--max-update-bytes" in big.json()["error"]["message"]
     body = (dirs["B"] / "model.safetensors").read_bytes()
-    cut = httpx.post(server.url + "/update_weights", content=body[: len(body) // 2],
-                     headers=headers)
+    cut = httpx.post(
+        server.url + "/update_weights", content=body[: len(body) // 2], headers=headers
+    )
     assert cut.status_code == 400 and "safetensors" in cut.json()["error"]["message"]
-    chunked_big = httpx.post(server.url + "/update_weights", headers=headers,
-                             content=iter([b"\0" * 2**20] * 9))  # no Content-Length
+    chunked_big = httpx.post(
+        server.url + "/update_weights", headers=headers, content=iter([b"\0" * 2**20] * 9)
+    )  # no Content-Length
     assert chunked_big.status_code == 413
-    chunked_cut = httpx.post(server.url + "/update_weights", headers=headers,
-                             content=iter([body[: len(body) // 3]]))
+    chunked_cut = httpx.post(
+        server.url + "/update_weights", headers=headers, content=iter([body[: len(body) // 3]])
+    )
     assert chunked_cut.status_code == 400
     huge = dirs["root"] / "huge"
     huge.mkdir(exist_ok=True)
     (huge / "adapter_model.safetensors").write_bytes(os.urandom(2**20 + 10))
     assert status_of(client.upload_adapter, huge, "huge") == 413
-    too_big = httpx.post(server.url + "/upload_adapter", content=b"\0" * (2**20 + 1),
-                         headers={"Authorization": f"Bearer {ADMIN}",
-                                  "content-type": "multipart/form-data; boundary=x"})
+    too_big = httpx.post(
+        server.url + "/upload_adapter",
+        content=b"\0" * (2**20 + 1),
+        headers={
+            "Authorization": f"Bearer {ADMIN}",
+            "content-type": "multipart/form-data; boundary=x",
+        },
+    )
     error = too_big.json()["error"]
     assert error["code"] == "request_too_large" and "--max-upload-bytes" in error["message"]
     assert client.policy_version() == version
@@ -166,8 +179,9 @@ def test_adapters_load_upload_unload(server, client, dirs) -> None:
     base = greedy(client, PROMPTS[0])
     tuned = greedy(client, PROMPTS[0], "lora-path")
     assert tuned[0] != base[0] or tuned[1] != base[1]
-    assert greedy(client, PROMPTS[0], "lora-files") == tuned == greedy(client, PROMPTS[0],
-                                                                         "lora-zip")
+    assert (
+        greedy(client, PROMPTS[0], "lora-files") == tuned == greedy(client, PROMPTS[0], "lora-zip")
+    )
     evil = dirs["root"] / "evil.zip"
     with zipfile.ZipFile(evil, "w") as zf:
         zf.writestr("../adapter_config.json", "{}")
@@ -229,8 +243,10 @@ def test_pause_keep_then_resume(server, client) -> None:
 def test_abort_one_and_all(server, client) -> None:
     client.pause("keep")
     loop = server.app.state.rlserve.loop
-    calls = [_in_thread(client.generate_rl, input_ids=PROMPTS[0], max_tokens=16,
-                        request_id=f"r{i}") for i in range(3)]
+    calls = [
+        _in_thread(client.generate_rl, input_ids=PROMPTS[0], max_tokens=16, request_id=f"r{i}")
+        for i in range(3)
+    ]
     assert wait_until(lambda: len(loop._routes) == 3, 10)
     assert client.abort("r0")["aborted"] == 1
     calls[0][0].join(10)

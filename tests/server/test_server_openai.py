@@ -208,8 +208,9 @@ def test_tool_choice_required_and_named_force_a_call(oai: openai.OpenAI, model: 
         assert forced.finish_reason == "tool_calls"
     chunks = [
         c
-        for c in oai.chat.completions.create(**kw, tools=[CALCULATOR], tool_choice="required",
-                                             stream=True)
+        for c in oai.chat.completions.create(
+            **kw, tools=[CALCULATOR], tool_choice="required", stream=True
+        )
         if c.choices
     ]
     streamed = [t for c in chunks for t in c.choices[0].delta.tool_calls or []]
@@ -228,5 +229,6 @@ def test_tool_choice_required_and_named_force_a_call(oai: openai.OpenAI, model: 
 def test_bad_tool_choice_is_a_400(oai: openai.OpenAI, model: str, tools, choice, message) -> None:
     kw = {"tools": tools} if tools else {}
     with pytest.raises(openai.BadRequestError, match=message):
-        oai.chat.completions.create(model=model, messages=CHAT, max_tokens=4, tool_choice=choice,
-                                    **kw)
+        oai.chat.completions.create(
+            model=model, messages=CHAT, max_tokens=4, tool_choice=choice, **kw
+        )

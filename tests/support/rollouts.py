@@ -19,8 +19,14 @@ class ScriptedPolicy:
     end-of-turn token) unless a stop token id of the request comes first. Records the
     size of every generation round."""
 
-    def __init__(self, tokenizer, reply: Callable[[str], str], end: str = "<|im_end|>",
-                 split_chars: bool = False, max_model_len: int = 1024) -> None:
+    def __init__(
+        self,
+        tokenizer,
+        reply: Callable[[str], str],
+        end: str = "<|im_end|>",
+        split_chars: bool = False,
+        max_model_len: int = 1024,
+    ) -> None:
         self.tokenizer = tokenizer
         self.reply = reply
         self.end_id = tokenizer.convert_tokens_to_ids(end)
@@ -38,10 +44,10 @@ class ScriptedPolicy:
             finish, stop_reason = "stop", None
             for i, token in enumerate(ids):
                 if token in params.stop_token_ids:
-                    ids, stop_reason = ids[:i + 1], token
+                    ids, stop_reason = ids[: i + 1], token
                     break
             if len(ids) > params.max_tokens:
-                ids, finish, stop_reason = ids[:params.max_tokens], "length", None
+                ids, finish, stop_reason = ids[: params.max_tokens], "length", None
             on_done(k, Sample(ids, [-0.5] * len(ids), [3] * len(ids), finish, stop_reason))
 
     def _encode(self, text: str) -> list[int]:
@@ -63,18 +69,19 @@ def check_consistent(traj: Trajectory) -> None:
     for a, b in zip(traj.segments, traj.segments[1:], strict=False):
         assert a.end == b.start
     for seg in traj.segments:
-        mask = traj.loss_mask[seg.start:seg.end]
+        mask = traj.loss_mask[seg.start : seg.end]
         assert mask == [1 if seg.kind == "model" else 0] * len(seg)
         if seg.kind != "model":
-            assert traj.logprobs[seg.start:seg.end] == [0.0] * len(seg)
-            assert traj.weight_versions[seg.start:seg.end] == [-1] * len(seg)
+            assert traj.logprobs[seg.start : seg.end] == [0.0] * len(seg)
+            assert traj.weight_versions[seg.start : seg.end] == [-1] * len(seg)
 
 
-def assert_matches_fresh_render(tokenizer, traj: Trajectory, messages: list[dict],
-                                tools: list[dict] | None) -> None:
+def assert_matches_fresh_render(
+    tokenizer, traj: Trajectory, messages: list[dict], tools: list[dict] | None
+) -> None:
     """The stream equals a fresh render of `messages`, except the newline the template
     writes after the final <|im_end|> (the policy stopped at <|im_end|>)."""
     fresh = rendered_ids(tokenizer, messages, tools)
     stream = traj.token_ids
-    assert fresh[:len(stream)] == stream
-    assert tokenizer.decode(fresh[len(stream):]) == "\n"
+    assert fresh[: len(stream)] == stream
+    assert tokenizer.decode(fresh[len(stream) :]) == "\n"

@@ -15,9 +15,18 @@ from typing import Any
 CHUNK_BYTES = 64 * 2**20
 
 _DTYPES = {
-    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
-    "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8",
-    "bool": "BOOL", "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
+    "float64": "F64",
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
+    "float8_e4m3fn": "F8_E4M3",
+    "float8_e5m2": "F8_E5M2",
 }
 
 
@@ -27,8 +36,9 @@ def _named(weights: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> list[tuple
     for name, tensor in items:
         dtype = str(tensor.dtype).removeprefix("torch.")
         if dtype not in _DTYPES:
-            raise ValueError(f"tensor {name!r} has dtype {tensor.dtype}, which safetensors "
-                             "cannot hold")
+            raise ValueError(
+                f"tensor {name!r} has dtype {tensor.dtype}, which safetensors cannot hold"
+            )
         named.append((name, tensor.detach().to("cpu").contiguous()))
     return named
 
@@ -38,8 +48,11 @@ def _header(named: list[tuple[str, Any]]) -> bytes:
     for name, tensor in named:
         size = tensor.numel() * tensor.element_size()
         dtype = _DTYPES[str(tensor.dtype).removeprefix("torch.")]
-        entries[name] = {"dtype": dtype, "shape": list(tensor.shape),
-                         "data_offsets": [offset, offset + size]}
+        entries[name] = {
+            "dtype": dtype,
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + size],
+        }
         offset += size
     header = json.dumps(entries, separators=(",", ":")).encode()
     header += b" " * (-len(header) % 8)
@@ -51,7 +64,7 @@ def _tensor_chunks(tensor: Any) -> Iterator[bytes]:
 
     flat = tensor.reshape(-1).view(torch.uint8).numpy()
     for start in range(0, flat.size, CHUNK_BYTES):
-        yield flat[start:start + CHUNK_BYTES].tobytes()
+        yield flat[start : start + CHUNK_BYTES].tobytes()
 
 
 def safetensors_stream(

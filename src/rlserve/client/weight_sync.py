@@ -54,14 +54,16 @@ class WeightSyncController:
         with self._cond:
             return self._versions.get(model_tag)
 
-    def wait_for_weight_sync(self, model_tag: str = "default",
-                             timeout: float | None = None) -> bool:
+    def wait_for_weight_sync(
+        self, model_tag: str = "default", timeout: float | None = None
+    ) -> bool:
         """Block while a sync of `model_tag` is in progress; False if `timeout` ran out."""
         with self._cond:
             return self._cond.wait_for(lambda: not self._syncing.get(model_tag), timeout)
 
-    async def await_weight_sync(self, model_tag: str = "default",
-                                timeout: float | None = None) -> bool:
+    async def await_weight_sync(
+        self, model_tag: str = "default", timeout: float | None = None
+    ) -> bool:
         """`wait_for_weight_sync` without blocking the event loop."""
         if not self.is_syncing(model_tag):
             return True

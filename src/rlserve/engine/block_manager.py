@@ -66,8 +66,9 @@ class BlockManager:
             hashes.append(h)
         return blocks, hashes
 
-    def allocate_slots(self, seq: Sequence, num_new_tokens: int,
-                       cached: tuple[list[int], list[bytes]] = ([], [])) -> bool:
+    def allocate_slots(
+        self, seq: Sequence, num_new_tokens: int, cached: tuple[list[int], list[bytes]] = ([], [])
+    ) -> bool:
         """Give `seq` room for `num_new_tokens` more tokens (after `cached` prefix blocks).
         Returns False, changing nothing, when there are not enough free blocks."""
         hit_blocks, hit_hashes = cached
@@ -75,8 +76,9 @@ class BlockManager:
         total_blocks = self.blocks_needed(num_computed + num_new_tokens)
         num_new_blocks = total_blocks - len(seq.block_table) - len(hit_blocks)
         write_block = num_computed // self.block_size
-        needs_copy = (write_block < len(seq.block_table)
-                      and self.ref_counts[seq.block_table[write_block]] > 1)
+        needs_copy = (
+            write_block < len(seq.block_table) and self.ref_counts[seq.block_table[write_block]] > 1
+        )
         reused_free = sum(1 for b in hit_blocks if b in self.free_blocks)
         if num_new_blocks + needs_copy > self.num_free_blocks - reused_free:
             return False
@@ -87,8 +89,9 @@ class BlockManager:
         if hit_blocks:
             seq.num_computed_tokens = num_computed
             self.num_hit_tokens += len(hit_blocks) * self.block_size
-            seq.num_cached_tokens = max(seq.num_cached_tokens,
-                                        min(num_computed, seq.num_prompt_tokens))
+            seq.num_cached_tokens = max(
+                seq.num_cached_tokens, min(num_computed, seq.num_prompt_tokens)
+            )
         if needs_copy:  # the block we are about to write into is shared: copy it first
             src = seq.block_table[write_block]
             dst = self._pop_free()
@@ -138,7 +141,7 @@ class BlockManager:
         if len(chain) < num_blocks:
             key_bytes = _key_bytes(cache_key)
             for i in range(len(chain), num_blocks):
-                tokens = seq.token_ids[i * self.block_size:(i + 1) * self.block_size]
+                tokens = seq.token_ids[i * self.block_size : (i + 1) * self.block_size]
                 chain.append(_hash_block(chain[-1] if chain else None, tokens, key_bytes))
         return chain
 

@@ -100,9 +100,7 @@ class Engine(EngineCore):
 
     def logits(self, token_ids: list[int], lora_name: str | None = None) -> torch.Tensor:
         """Teacher-forced fp32 logits [len(token_ids), vocab] of every position."""
-        request_id = self.add_request(
-            token_ids, SamplingParams(max_tokens=1), lora_name=lora_name
-        )
+        request_id = self.add_request(token_ids, SamplingParams(max_tokens=1), lora_name=lora_name)
         seq = self._requests[request_id].seqs[0]
         seq.score_only = seq.keep_logits = True
         _raise_failures(self._run_to_completion([request_id]))

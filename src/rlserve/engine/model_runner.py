@@ -32,16 +32,23 @@ class RunnerOutput:
 
 
 class ModelRunner:
-    def __init__(self, model: LlamaModel, num_blocks: int, block_size: int,
-                 device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        model: LlamaModel,
+        num_blocks: int,
+        block_size: int,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
         self.model = model
         self.block_size = block_size
         self.device = device
         c = model.config
         shape = (num_blocks, block_size, c.num_kv_heads, c.head_dim)
         page_bytes = block_size * c.num_kv_heads * c.head_dim * dtype.itemsize
-        self.max_group_pages = (CPU_MAX_GROUP_KV_BYTES // page_bytes
-                                if device.type == "cpu" else None)
+        self.max_group_pages = (
+            CPU_MAX_GROUP_KV_BYTES // page_bytes if device.type == "cpu" else None
+        )
         # zeros, not empty: padded pages are masked out of attention, but a NaN left in
         # uninitialised memory would still poison the weighted sum (0 * NaN = NaN).
         for layer in model.layers:
@@ -65,8 +72,9 @@ class ModelRunner:
             attn.v_cache[dst] = attn.v_cache[src]
 
     @torch.inference_mode()
-    def run(self, batch: ScheduledBatch, samples: list[bool],
-            adapters: dict[str, LoRAAdapter]) -> RunnerOutput:
+    def run(
+        self, batch: ScheduledBatch, samples: list[bool], adapters: dict[str, LoRAAdapter]
+    ) -> RunnerOutput:
         """Forward the batch; `samples[i]` says whether batch.seqs[i] samples a token.
         `batch.block_copies` must have been run first (`copy_blocks`)."""
         input_ids, positions, slots = [], [], []
@@ -92,31 +100,42 @@ class ModelRunner:
             if seq.wants_prompt_logprobs and first < seq.num_prompt_logit_rows:
                 last = min(end, seq.num_prompt_logit_rows)
                 prompt_rows[i] = (first, list(range(start, start + last - first)))
-        meta = AttentionMetadata(slot_mapping=self._tensor(slots), prefills=prefills,
-                                 decodes=decode_groups(decodes, self.block_size,
-                                                         self.max_group_pages, self.device))
+        meta = AttentionMetadata(
+            slot_mapping=self._tensor(slots),
+            prefills=prefills,
+            decodes=decode_groups(decodes, self.block_size, self.max_group_pages, self.device),
+        )
         lora = self._lora_batch(lora_rows, adapters, len(input_ids))
         hidden = self.model(self._tensor(input_ids), self._tensor(positions), meta, lora)
         logits = self.model.compute_logits(hidden[self._tensor(sample_rows)])
-        prompt_logits = {i: (first, self.model.compute_logits(hidden[self._tensor(rows)]))
-                         for i, (first, rows) in prompt_rows.items()}
+        prompt_logits = {
+            i: (first, self.model.compute_logits(hidden[self._tensor(rows)]))
+            for i, (first, rows) in prompt_rows.items()
+        }
         return RunnerOutput(logits, sample_seqs, prompt_logits)
 
-    def _lora_batch(self, lora_rows: dict[str | None, list[int]],
-                    adapters: dict[str, LoRAAdapter], num_rows: int) -> LoRABatch:
+    def _lora_batch(
+        self,
+        lora_rows: dict[str | None, list[int]],
+        adapters: dict[str, LoRAAdapter],
+        num_rows: int,
+    ) -> LoRABatch:
         lora: LoRABatch = []
         for name, rows in lora_rows.items():
             if name is not None:  # every row of a batch using one adapter needs no indexing
-                lora.append((adapters[name], None if len(rows) == num_rows else
-                             self._tensor(rows)))
+                lora.append((adapters[name], None if len(rows) == num_rows else self._tensor(rows)))
         return lora
 
     def _tensor(self, values: list) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=self.device)
 
 
-def decode_groups(decodes: list[tuple[int, list[int], int]], block_size: int,
-                  max_group_pages: int | None, device: torch.device) -> list[DecodeGroup]:
+def decode_groups(
+    decodes: list[tuple[int, list[int], int]],
+    block_size: int,
+    max_group_pages: int | None,
+    device: torch.device,
+) -> list[DecodeGroup]:
     """Cut decodes (row, block table, context length) into attention groups.
 
     Sorted by context length, a group grows while padding to its longest context wastes at
@@ -128,8 +147,11 @@ def decode_groups(decodes: list[tuple[int, list[int], int]], block_size: int,
     for decode in sorted(decodes, key=lambda d: d[2]):
         width = len(decode[1])
         gathered = (len(chunks[-1]) + 1) * width if chunks else 0
-        if (chunks and gathered <= MAX_PADDING * (pages + width)
-                and (max_group_pages is None or gathered <= max_group_pages)):
+        if (
+            chunks
+            and gathered <= MAX_PADDING * (pages + width)
+            and (max_group_pages is None or gathered <= max_group_pages)
+        ):
             chunks[-1].append(decode)
             pages += width
         else:
@@ -140,9 +162,13 @@ def decode_groups(decodes: list[tuple[int, list[int], int]], block_size: int,
         width = max(len(table) for _, table, _ in chunk)
         lens = torch.tensor([n for _, _, n in chunk], device=device)
         mask = torch.arange(width * block_size, device=device) < lens[:, None]
-        groups.append(DecodeGroup(
-            rows=torch.tensor([row for row, _, _ in chunk], device=device),
-            block_tables=torch.tensor([t + [0] * (width - len(t)) for _, t, _ in chunk],
-                                      device=device),
-            mask=mask[:, None, None, :]))
+        groups.append(
+            DecodeGroup(
+                rows=torch.tensor([row for row, _, _ in chunk], device=device),
+                block_tables=torch.tensor(
+                    [t + [0] * (width - len(t)) for _, t, _ in chunk], device=device
+                ),
+                mask=mask[:, None, None, :],
+            )
+        )
     return groups

@@ -50,8 +50,11 @@ class TokenTexts:
 
     def prefixes(self, remaining: bytes) -> list[bytes]:
         """Token spellings that are a prefix of `remaining` (itself included)."""
-        return [remaining[:end] for end in range(1, min(len(remaining), self._longest) + 1)
-                if remaining[:end] in self._ids_by_bytes]
+        return [
+            remaining[:end]
+            for end in range(1, min(len(remaining), self._longest) + 1)
+            if remaining[:end] in self._ids_by_bytes
+        ]
 
     def extensions(self, remaining: bytes, first_only: bool = False) -> list[bytes]:
         """Token spellings longer than `remaining` that start with it."""
@@ -79,19 +82,19 @@ class TokenTexts:
             if output in seen:
                 continue
             seen.add(output)
-            remaining = {c[len(output):] for c in choices if c.startswith(output)}
+            remaining = {c[len(output) :] for c in choices if c.startswith(output)}
             if b"" in remaining:
                 continue  # a choice is complete: sampling is free from here
             steps = {spelling for rest in remaining for spelling in self.prefixes(rest)}
-            if not steps and not any(self.extensions(rest, first_only=True)
-                                     for rest in remaining):
+            if not steps and not any(self.extensions(rest, first_only=True) for rest in remaining):
                 return output.decode(errors="replace")
             todo.extend(output + spelling for spelling in steps)
         return None
 
 
-def allowed_token_ids(texts: TokenTexts, choices: Sequence[str],
-                      output: bytes | str) -> list[int] | None:
+def allowed_token_ids(
+    texts: TokenTexts, choices: Sequence[str], output: bytes | str
+) -> list[int] | None:
     """The tokens that may come next after `output` (its bytes, or its text), or None when
     sampling is free again."""
     if isinstance(output, str):
@@ -99,7 +102,7 @@ def allowed_token_ids(texts: TokenTexts, choices: Sequence[str],
     targets = [c.encode() for c in choices]
     if any(output.startswith(t) for t in targets):
         return None
-    remaining = {t[len(output):] for t in targets if t.startswith(output)}
+    remaining = {t[len(output) :] for t in targets if t.startswith(output)}
     if not remaining:
         # Only reachable if the output left the constraint's paths (it never does).
         return None
@@ -116,8 +119,10 @@ def token_bytes(tokenizer, vocab_size: int | None = None) -> list[bytes]:
         to_bytes = _gpt2_byte_table()
         spellings = [_from_byte_level(piece, to_bytes) for piece in pieces]
     else:
-        spellings = [t.encode() for t in tokenizer.batch_decode(
-            [[i] for i in range(size)], skip_special_tokens=False)]
+        spellings = [
+            t.encode()
+            for t in tokenizer.batch_decode([[i] for i in range(size)], skip_special_tokens=False)
+        ]
         for i, piece in enumerate(pieces):
             match = _BYTE_FALLBACK.fullmatch(piece or "")
             if match:
@@ -144,8 +149,11 @@ def _is_byte_level(tokenizer) -> bool:
 @lru_cache(maxsize=1)
 def _gpt2_byte_table() -> dict[int, int]:
     """GPT-2's `bytes_to_unicode` reversed: a piece character's ordinal -> its byte."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     others = [b for b in range(256) if b not in printable]  # shifted to 256, 257, ...
     chars = printable + [256 + i for i in range(len(others))]
     return dict(zip(chars, printable + others, strict=True))

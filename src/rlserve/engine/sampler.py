@@ -54,8 +54,11 @@ def noise_seed(seed: int, index: int, position: int) -> int:
 def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
     """logits: [N, vocab] fp32, one row per entry of `rows`. A row with nothing to sample
     gets an entry in `errors` (rather than an out-of-range token); the others are sampled."""
-    temps = torch.tensor([r.temperature if r.temperature > 0 else 1.0 for r in rows],
-                         dtype=torch.float32, device=logits.device)
+    temps = torch.tensor(
+        [r.temperature if r.temperature > 0 else 1.0 for r in rows],
+        dtype=torch.float32,
+        device=logits.device,
+    )
     scaled = logits / temps[:, None]
     logprobs = torch.log_softmax(scaled, dim=-1)
     processed = _truncate(_ban(scaled, rows), rows)
@@ -84,8 +87,10 @@ def _row_errors(best: torch.Tensor) -> list[str | None]:
     if not bad.any():
         return [None] * len(best)
     excluded = best == float("-inf")
-    return [None if not b else ALL_EXCLUDED if e else NOT_FINITE
-            for b, e in zip(bad.tolist(), excluded.tolist(), strict=True)]
+    return [
+        None if not b else ALL_EXCLUDED if e else NOT_FINITE
+        for b, e in zip(bad.tolist(), excluded.tolist(), strict=True)
+    ]
 
 
 def _ban(scaled: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
@@ -138,8 +143,11 @@ def _inverse_cdf(logprobs: torch.Tensor, rows: list[SamplingRow]) -> torch.Tenso
     """The first token whose cumulative probability exceeds u * total, u ~ U[0, 1)."""
     # float64 keeps the cumulative sum exact enough over a 150k-token vocabulary.
     cdf = logprobs.exp().double().cumsum(dim=-1)
-    u = torch.tensor([random.Random(r.noise_seed).random() for r in rows],
-                     dtype=torch.float64, device=logprobs.device)
+    u = torch.tensor(
+        [random.Random(r.noise_seed).random() for r in rows],
+        dtype=torch.float64,
+        device=logprobs.device,
+    )
     # Scaling by the row total keeps the draw inside the row despite rounding.
     return torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(1)
 
@@ -150,5 +158,9 @@ def _top_logprobs(logprobs: torch.Tensor, rows: list[SamplingRow]) -> list[dict 
         return [None] * len(rows)
     values, ids = torch.topk(logprobs, min(k, logprobs.shape[1]), dim=-1)
     values, ids = values.tolist(), ids.tolist()
-    return [dict(zip(ids[i][:r.num_top_logprobs], values[i][:r.num_top_logprobs], strict=True))
-            if r.num_top_logprobs else None for i, r in enumerate(rows)]
+    return [
+        dict(zip(ids[i][: r.num_top_logprobs], values[i][: r.num_top_logprobs], strict=True))
+        if r.num_top_logprobs
+        else None
+        for i, r in enumerate(rows)
+    ]

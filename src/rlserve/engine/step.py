@@ -62,8 +62,12 @@ class StepRunner:
         ]
 
         def forward(group: list[int]) -> tuple[ScheduledBatch, RunnerOutput]:
-            part = batch if len(group) == len(batch) else ScheduledBatch(
-                [batch.seqs[i] for i in group], [batch.num_new_tokens[i] for i in group]
+            part = (
+                batch
+                if len(group) == len(batch)
+                else ScheduledBatch(
+                    [batch.seqs[i] for i in group], [batch.num_new_tokens[i] for i in group]
+                )
             )
             return part, self.runner.run(part, [samples[i] for i in group], self.policy.adapters)
 

@@ -53,21 +53,33 @@ def attention_backends(device: torch.device) -> contextlib.AbstractContextManage
     ~0.5 ms of CPU per call (H100): with it, the 64-request benchmark ran 1.8x slower."""
     if device.type != "cuda":
         return contextlib.nullcontext()
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
-                        SDPBackend.MATH])
+    return sdpa_kernel(
+        [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    )
 
 
-def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-             slot_mapping: torch.Tensor) -> None:
+def write_kv(
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
     """Store the new tokens' K/V ([T, kv_heads, head_dim]) in their cache slots."""
     kv_heads, head_dim = k.shape[1], k.shape[2]
     k_cache.view(-1, kv_heads, head_dim).index_copy_(0, slot_mapping, k)
     v_cache.view(-1, kv_heads, head_dim).index_copy_(0, slot_mapping, v)
 
 
-def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                    k_cache: torch.Tensor, v_cache: torch.Tensor,
-                    meta: AttentionMetadata, scale: float) -> torch.Tensor:
+def paged_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+) -> torch.Tensor:
     """q: [T, heads, head_dim]; k, v: [T, kv_heads, head_dim] -> [T, heads, head_dim]."""
     write_kv(k_cache, v_cache, k, v, meta.slot_mapping)
     out = torch.empty_like(q)
@@ -89,8 +101,9 @@ def _gather(cache: torch.Tensor, block_table: torch.Tensor, ctx_len: int) -> tor
     return pages.flatten(0, 1)[:ctx_len]
 
 
-def _prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                       scale: float) -> torch.Tensor:
+def _prefill_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+) -> torch.Tensor:
     """Causal attention of q_len new tokens that sit at the end of ctx_len context tokens."""
     q_len, ctx_len = q.shape[0], k.shape[0]
     # [1, heads, len, head_dim]: with a batch dim, CPU SDPA takes its flash kernel (2x
@@ -107,8 +120,9 @@ def _prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return out.squeeze(0).transpose(0, 1)
 
 
-def _decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                      group: DecodeGroup, scale: float) -> torch.Tensor:
+def _decode_attention(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, group: DecodeGroup, scale: float
+) -> torch.Tensor:
     """One query per sequence over its gathered pages, padded to the group's longest."""
     batch, max_blocks = group.block_tables.shape
     span = max_blocks * k_cache.shape[1]
@@ -117,13 +131,20 @@ def _decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
     values = v_cache.index_select(0, pages).view(batch, span, *v_cache.shape[2:])
     if q.device.type == "cuda":
         return decode_attention_matmul(q, keys, values, group.mask, scale)
-    out = _sdpa(q.unsqueeze(2), keys.transpose(1, 2), values.transpose(1, 2),
-                mask=group.mask, causal=False, scale=scale)
+    out = _sdpa(
+        q.unsqueeze(2),
+        keys.transpose(1, 2),
+        values.transpose(1, 2),
+        mask=group.mask,
+        causal=False,
+        scale=scale,
+    )
     return out.squeeze(2)
 
 
-def decode_attention_matmul(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                            mask: torch.Tensor, scale: float) -> torch.Tensor:
+def decode_attention_matmul(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, scale: float
+) -> torch.Tensor:
     """Decode attention as two batched matmuls: q [B, H, D], keys/values [B, S, KVH, D],
     mask [B, 1, 1, S]. Used on CUDA, where choosing an SDPA backend for a masked
     grouped-query decode costs ~0.4 ms of CPU per call (H100), more than the work itself."""
@@ -136,12 +157,19 @@ def decode_attention_matmul(q: torch.Tensor, keys: torch.Tensor, values: torch.T
     return torch.matmul(probs, values.transpose(1, 2)).reshape(batch, heads, head_dim)
 
 
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-          causal: bool, scale: float) -> torch.Tensor:
+def _sdpa(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    causal: bool,
+    scale: float,
+) -> torch.Tensor:
     """SDPA with grouped-query heads: q [..., H, L, D], k/v [..., KVH, S, D]."""
     groups = q.shape[-3] // k.shape[-3]
     if groups > 1 and not _SDPA_HAS_GQA:
         k, v = k.repeat_interleave(groups, dim=-3), v.repeat_interleave(groups, dim=-3)
     kwargs = {"enable_gqa": True} if groups > 1 and _SDPA_HAS_GQA else {}
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                          scale=scale, **kwargs)
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=causal, scale=scale, **kwargs
+    )

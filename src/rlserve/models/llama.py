@@ -38,7 +38,7 @@ class RMSNorm(nn.Module):
 def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
     dim = config.head_dim
     exponents = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
-    inv_freq = 1.0 / (config.rope_theta ** exponents)
+    inv_freq = 1.0 / (config.rope_theta**exponents)
     scaling = config.rope_scaling or {}
     rope_type = scaling.get("rope_type", "default")
     if rope_type == "linear":
@@ -75,8 +75,10 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> RopeAngles:
         """cos and sin of every position, [T, 1, head_dim], looked up once per batch."""
-        return (self.cos[positions].unsqueeze(1).to(dtype),
-                self.sin[positions].unsqueeze(1).to(dtype))
+        return (
+            self.cos[positions].unsqueeze(1).to(dtype),
+            self.sin[positions].unsqueeze(1).to(dtype),
+        )
 
 
 def apply_rope(q: torch.Tensor, k: torch.Tensor, angles: RopeAngles):
@@ -97,20 +99,22 @@ class Attention(nn.Module):
         self.head_dim = config.head_dim
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
-        self.qkv_proj = Linear(config.hidden_size, self.q_size + 2 * self.kv_size,
-                               bias=config.qkv_bias)
+        self.qkv_proj = Linear(
+            config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.qkv_bias
+        )
         self.o_proj = Linear(self.q_size, config.hidden_size, bias=config.o_bias)
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if config.qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if config.qk_norm else None
-        self.scale = self.head_dim ** -0.5
+        self.scale = self.head_dim**-0.5
         q, kv = self.q_size, self.kv_size
         self.qkv_slices = {"q_proj": (0, q), "k_proj": (q, q + kv), "v_proj": (q + kv, q + 2 * kv)}
         self.o_slices = {"o_proj": (0, config.hidden_size)}
         self.k_cache = torch.empty(0)  # set by the model runner
         self.v_cache = torch.empty(0)
 
-    def forward(self, x: torch.Tensor, angles: RopeAngles, meta: AttentionMetadata,
-                lora: LoRABatch | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, angles: RopeAngles, meta: AttentionMetadata, lora: LoRABatch | None
+    ) -> torch.Tensor:
         tokens = x.shape[0]
         qkv = add_lora(self.qkv_proj(x), x, lora, self.layer_idx, self.qkv_slices)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
@@ -132,8 +136,7 @@ class MLP(nn.Module):
         inter = config.intermediate_size
         self.gate_up_slices = {"gate_proj": (0, inter), "up_proj": (inter, 2 * inter)}
         self.down_slices = {"down_proj": (0, config.hidden_size)}
-        self.gate_up_proj = Linear(config.hidden_size, 2 * config.intermediate_size,
-                                   bias=False)
+        self.gate_up_proj = Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
         self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor, lora: LoRABatch | None) -> torch.Tensor:
@@ -151,8 +154,9 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, angles: RopeAngles, meta: AttentionMetadata,
-                lora: LoRABatch | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, angles: RopeAngles, meta: AttentionMetadata, lora: LoRABatch | None
+    ) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), angles, meta, lora)
         return x + self.mlp(self.post_attention_layernorm(x), lora)
 
@@ -173,8 +177,13 @@ class LlamaModel(nn.Module):
             self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
 
     @torch.inference_mode()
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                meta: AttentionMetadata, lora: LoRABatch | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        meta: AttentionMetadata,
+        lora: LoRABatch | None = None,
+    ) -> torch.Tensor:
         """Hidden states of a flat batch; `lora` says which rows use which adapter."""
         x = self.embed_tokens(input_ids)
         angles = self.rope(positions, x.dtype)
@@ -191,8 +200,10 @@ class LlamaModel(nn.Module):
     def hf_weight_targets(self) -> dict[str, torch.Tensor]:
         """Every Hugging Face parameter name -> the tensor (or fused slice) it fills."""
         c = self.config
-        targets: dict[str, torch.Tensor] = {"model.embed_tokens.weight": self.embed_tokens.weight,
-                                            "model.norm.weight": self.norm.weight}
+        targets: dict[str, torch.Tensor] = {
+            "model.embed_tokens.weight": self.embed_tokens.weight,
+            "model.norm.weight": self.norm.weight,
+        }
         if self.lm_head is not None:
             targets["lm_head.weight"] = self.lm_head.weight
         for i, layer in enumerate(self.layers):
@@ -216,5 +227,6 @@ class LlamaModel(nn.Module):
             targets[f"{pre}.mlp.down_proj.weight"] = layer.mlp.down_proj.weight
             targets[f"{pre}.input_layernorm.weight"] = layer.input_layernorm.weight
             targets[f"{pre}.post_attention_layernorm.weight"] = (
-                layer.post_attention_layernorm.weight)
+                layer.post_attention_layernorm.weight
+            )
         return targets

@@ -30,8 +30,13 @@ def read_config(path: str | Path, trust_remote_code: bool = False) -> tuple[Mode
     return ModelConfig.from_hf(hf_config), hf_config
 
 
-def load_model(path: str | Path, dtype: torch.dtype, device: torch.device,
-               max_positions: int, trust_remote_code: bool = False) -> LlamaModel:
+def load_model(
+    path: str | Path,
+    dtype: torch.dtype,
+    device: torch.device,
+    max_positions: int,
+    trust_remote_code: bool = False,
+) -> LlamaModel:
     """Build the model for `path` and fill it from its *.safetensors files.
     `trust_remote_code` lets a config.json whose class lives in the checkpoint load."""
     config, _ = read_config(path, trust_remote_code)
@@ -45,8 +50,10 @@ def load_model(path: str | Path, dtype: torch.dtype, device: torch.device,
     loaded = load_weights(model, iter_safetensors(path))
     missing = sorted(set(model.hf_weight_targets()) - loaded)
     if missing:
-        raise ValueError(f"checkpoint {path} is missing weights: {', '.join(missing[:5])}"
-                         + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""))
+        raise ValueError(
+            f"checkpoint {path} is missing weights: {', '.join(missing[:5])}"
+            + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else "")
+        )
     return model.eval()
 
 
@@ -81,15 +88,18 @@ def load_weights(model: LlamaModel, weights: Iterable[tuple[str, torch.Tensor]])
         if target is None:
             continue
         if tuple(tensor.shape) != tuple(target.shape):
-            raise ValueError(f"weight {name} has shape {tuple(tensor.shape)}, "
-                             f"the model expects {tuple(target.shape)}")
+            raise ValueError(
+                f"weight {name} has shape {tuple(tensor.shape)}, "
+                f"the model expects {tuple(target.shape)}"
+            )
         target.copy_(tensor)
         loaded.add(name)
     return loaded
 
 
-def resolve_target(model: LlamaModel, targets: dict[str, torch.Tensor],
-                   name: str) -> torch.Tensor | None:
+def resolve_target(
+    model: LlamaModel, targets: dict[str, torch.Tensor], name: str
+) -> torch.Tensor | None:
     """The tensor `name` fills; None for names that are skipped; ValueError if unknown."""
     if name in targets:
         return targets[name]

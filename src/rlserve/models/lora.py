@@ -49,8 +49,10 @@ def load_adapter(name: str, path: str | Path, model: LlamaModel) -> LoRAAdapter:
     path = Path(path)
     config_file, weights_file = path / "adapter_config.json", path / "adapter_model.safetensors"
     if not config_file.is_file() or not weights_file.is_file():
-        raise ValueError(f"{path} is not a PEFT adapter folder (needs adapter_config.json and "
-                         "adapter_model.safetensors)")
+        raise ValueError(
+            f"{path} is not a PEFT adapter folder (needs adapter_config.json and "
+            "adapter_model.safetensors)"
+        )
     try:
         config = json.loads(config_file.read_text())
     except Exception as e:
@@ -69,9 +71,11 @@ def load_adapter(name: str, path: str | Path, model: LlamaModel) -> LoRAAdapter:
             raise ValueError(f"adapter {name}: layer {layer} does not exist in the model")
         out_dim, in_dim = shapes[target]
         if a.shape[1] != in_dim or b.shape[0] != out_dim or a.shape[0] != b.shape[1]:
-            raise ValueError(f"adapter {name}: {target} of layer {layer} has A {tuple(a.shape)}"
-                             f" and B {tuple(b.shape)}, the model needs [r, {in_dim}] and "
-                             f"[{out_dim}, r]")
+            raise ValueError(
+                f"adapter {name}: {target} of layer {layer} has A {tuple(a.shape)}"
+                f" and B {tuple(b.shape)}, the model needs [r, {in_dim}] and "
+                f"[{out_dim}, r]"
+            )
         weights[(layer, target)] = (a.to(device, dtype), b.to(device, dtype))
     return LoRAAdapter(name=name, rank=rank, scale=scale, weights=weights)
 
@@ -102,8 +106,9 @@ def _pair_tensors(name: str, tensors: dict[str, torch.Tensor]) -> dict:
     for key, tensor in tensors.items():
         match = _KEY.search(key)
         if match is None or match.group(2) not in TARGETS:
-            raise ValueError(f"adapter {name}: unsupported tensor {key!r} (LoRA on "
-                             f"{', '.join(TARGETS)} only)")
+            raise ValueError(
+                f"adapter {name}: unsupported tensor {key!r} (LoRA on {', '.join(TARGETS)} only)"
+            )
         found.setdefault((int(match.group(1)), match.group(2)), {})[match.group(3)] = tensor
     if not found:
         raise ValueError(f"adapter {name} holds no LoRA weights")
@@ -117,12 +122,24 @@ def _target_shapes(model: LlamaModel) -> dict[str, tuple[int, int]]:
     c = model.config
     q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
     h, inter = c.hidden_size, c.intermediate_size
-    return {"q_proj": (q, h), "k_proj": (kv, h), "v_proj": (kv, h), "o_proj": (h, q),
-            "gate_proj": (inter, h), "up_proj": (inter, h), "down_proj": (h, inter)}
+    return {
+        "q_proj": (q, h),
+        "k_proj": (kv, h),
+        "v_proj": (kv, h),
+        "o_proj": (h, q),
+        "gate_proj": (inter, h),
+        "up_proj": (inter, h),
+        "down_proj": (h, inter),
+    }
 
 
-def add_lora(out: torch.Tensor, x: torch.Tensor, lora: LoRABatch | None, layer: int,
-             slices: dict[str, tuple[int, int]]) -> torch.Tensor:
+def add_lora(
+    out: torch.Tensor,
+    x: torch.Tensor,
+    lora: LoRABatch | None,
+    layer: int,
+    slices: dict[str, tuple[int, int]],
+) -> torch.Tensor:
     """Add each adapter's low-rank update to the output columns of its targets."""
     if not lora:
         return out

@@ -44,21 +44,25 @@ class Insert:
     exact: bool = True
 
 
-def first_prompt_ids(tokenizer: Any, messages: list[dict[str, Any]],
-                     tools: list[dict] | None) -> list[int]:
+def first_prompt_ids(
+    tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict] | None
+) -> list[int]:
     """The stream a trajectory starts from: the rendered conversation, ready for the
     assistant (the same ids as `Engine.render_chat`)."""
     return encode(tokenizer, render(tokenizer, messages, tools, add_generation_prompt=True))
 
 
-def tool_turn_insert(tokenizer: Any, stream_ids: list[int], history: list[dict[str, Any]],
-                     new_messages: list[dict[str, Any]],
-                     tools: list[dict] | None) -> Insert:
+def tool_turn_insert(
+    tokenizer: Any,
+    stream_ids: list[int],
+    history: list[dict[str, Any]],
+    new_messages: list[dict[str, Any]],
+    tools: list[dict] | None,
+) -> Insert:
     """Tokens that turn `stream_ids` (the rendered `history`, ending in an assistant turn
     as sampled) into the rendering of `history + new_messages` with a generation prompt."""
     full = render(tokenizer, history + new_messages, tools, add_generation_prompt=True)
-    contents = [m.get("content") if isinstance(m.get("content"), str) else ""
-                for m in new_messages]
+    contents = [m.get("content") if isinstance(m.get("content"), str) else "" for m in new_messages]
     ids, offsets = encode_with_offsets(tokenizer, full)
     n = len(stream_ids)
     if len(ids) > n and ids[:n] == stream_ids:
@@ -67,13 +71,15 @@ def tool_turn_insert(tokenizer: Any, stream_ids: list[int], history: list[dict[s
         return Insert(ids[n:], label_tokens(full, tail, len(ids) - n, contents, start))
     stream_text = decode(tokenizer, stream_ids)
     if full.startswith(stream_text):
-        return _insert_text(tokenizer, full[len(stream_text):], contents, exact=True)
+        return _insert_text(tokenizer, full[len(stream_text) :], contents, exact=True)
     base = render(tokenizer, history, tools, add_generation_prompt=False)
     if not full.startswith(base):
-        raise TemplateError("the chat template renders the conversation with the tool "
-                            "results differently from the conversation before them")
+        raise TemplateError(
+            "the chat template renders the conversation with the tool "
+            "results differently from the conversation before them"
+        )
     closing = _closing(tokenizer, stream_ids, base)
-    return _insert_text(tokenizer, closing + full[len(base):], contents, exact=False)
+    return _insert_text(tokenizer, closing + full[len(base) :], contents, exact=False)
 
 
 def _closing(tokenizer: Any, stream_ids: list[int], base: str) -> str:
@@ -81,7 +87,7 @@ def _closing(tokenizer: Any, stream_ids: list[int], base: str) -> str:
     newline after `<|im_end|>`), when `base` ends with that token and whitespace."""
     last = decode(tokenizer, stream_ids[-1:])
     at = base.rfind(last) if last else -1
-    tail = base[at + len(last):] if at >= 0 else ""
+    tail = base[at + len(last) :] if at >= 0 else ""
     return tail if not tail.strip() else ""
 
 

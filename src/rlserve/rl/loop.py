@@ -26,15 +26,17 @@ class RolloutLoop:
     """Runs conversations to completion through `backend`, with `mode` deciding what
     happens between generations. Runs on the calling thread; tools run in a pool."""
 
-    def __init__(self, backend: InferenceBackend, mode: Mode, params: SamplingParams,
-                 limits: LoopLimits) -> None:
+    def __init__(
+        self, backend: InferenceBackend, mode: Mode, params: SamplingParams, limits: LoopLimits
+    ) -> None:
         self.backend = backend
         self.mode = mode
         self.params = mode.turn_params(params)
         self.limits = limits
 
-    def run(self, conversations: list[list[dict[str, Any]]],
-            tools: list[dict] | None) -> list[Trajectory]:
+    def run(
+        self, conversations: list[list[dict[str, Any]]], tools: list[dict] | None
+    ) -> list[Trajectory]:
         trajs = [self._start(c, tools) for c in conversations]
         pool = ThreadPoolExecutor(self.limits.max_tool_workers, thread_name_prefix="rlserve-tools")
         try:
@@ -56,12 +58,16 @@ class RolloutLoop:
         traj = Trajectory(prompt, messages=messages, template_messages=[dict(m) for m in messages])
         budget = self.limits.budget
         if budget is not None and len(prompt) >= budget:
-            traj.finish("max_total_tokens", infra=True,
-                        error=f"the prompt is {len(prompt)} tokens; the budget is {budget}")
+            traj.finish(
+                "max_total_tokens",
+                infra=True,
+                error=f"the prompt is {len(prompt)} tokens; the budget is {budget}",
+            )
         return traj
 
-    def _round(self, active: list[tuple[int, Trajectory]], turn: int,
-               pool: ThreadPoolExecutor) -> None:
+    def _round(
+        self, active: list[tuple[int, Trajectory]], turn: int, pool: ThreadPoolExecutor
+    ) -> None:
         requests: list[Request] = []
         owners: list[Trajectory] = []
         for index, traj in active:
@@ -85,8 +91,11 @@ class RolloutLoop:
             if future in done:
                 self._continue(owners[k], plan, future, turn)
             else:
-                owners[k].finish("infra_error", infra=True, error="tools took longer than "
-                                 f"{self.limits.tool_timeout_s:g} s")
+                owners[k].finish(
+                    "infra_error",
+                    infra=True,
+                    error=f"tools took longer than {self.limits.tool_timeout_s:g} s",
+                )
 
     def _params_for(self, index: int, traj: Trajectory) -> SamplingParams | None:
         """This round's params: max_tokens clipped to the budget; a seed offset by the
@@ -98,18 +107,21 @@ class RolloutLoop:
             if max_tokens <= 0:
                 return None
         seed = None if p.seed is None else p.seed + index
-        return replace(p, max_tokens=max_tokens, min_tokens=min(p.min_tokens, max_tokens),
-                       seed=seed)
+        return replace(
+            p, max_tokens=max_tokens, min_tokens=min(p.min_tokens, max_tokens), seed=seed
+        )
 
-    def _record(self, traj: Trajectory, sample: Sample, turn: int,
-                params: SamplingParams) -> Any | None:
+    def _record(
+        self, traj: Trajectory, sample: Sample, turn: int, params: SamplingParams
+    ) -> Any | None:
         """Append a finished generation; the mode's plan if tools should run next."""
         if sample.error is not None:
             traj.finish("infra_error", sample.error, infra=True)
             return None
         traj.num_turns += 1
-        traj.add_sampled(sample.token_ids, sample.logprobs, sample.weight_versions, turn,
-                         sample.finish_reason)
+        traj.add_sampled(
+            sample.token_ids, sample.logprobs, sample.weight_versions, turn, sample.finish_reason
+        )
         plan = self.mode.after_generation(traj, sample)
         reason = sample.finish_reason
         if reason == "abort":

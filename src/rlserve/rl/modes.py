@@ -63,8 +63,13 @@ class ChatToolMode:
     """Assistant turns whose tool calls (parsed by `parser`) are run by `executors`; the
     results come back as `tool` messages rendered by the chat template."""
 
-    def __init__(self, tokenizer: Any, tools: list[dict] | None,
-                 executors: Mapping[str, ToolExecutor], parser: str = "hermes") -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        tools: list[dict] | None,
+        executors: Mapping[str, ToolExecutor],
+        parser: str = "hermes",
+    ) -> None:
         self.tokenizer = tokenizer
         self.tools = tools
         self.executors = executors
@@ -86,8 +91,9 @@ class ChatToolMode:
     def continuation(self, traj: Trajectory, plan: list, outcome: ToolResults) -> Continuation:
         if outcome.infra_error is not None:
             return Continuation(infra_error=outcome.infra_error)
-        insert = tool_turn_insert(self.tokenizer, traj.token_ids, traj.template_messages,
-                                  outcome.messages, self.tools)
+        insert = tool_turn_insert(
+            self.tokenizer, traj.token_ids, traj.template_messages, outcome.messages, self.tools
+        )
         return Continuation(insert, outcome.messages)
 
     def accept(self, traj: Trajectory, cont: Continuation) -> None:

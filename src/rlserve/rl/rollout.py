@@ -50,8 +50,9 @@ class RolloutConfig:
         if self.max_total_tokens is not None:
             check_positive_int("max_total_tokens", self.max_total_tokens)
         get_parser(self.parser)  # ValueError naming the known formats
-        if self.lora_name is not None and (not isinstance(self.lora_name, str)
-                                           or not self.lora_name):
+        if self.lora_name is not None and (
+            not isinstance(self.lora_name, str) or not self.lora_name
+        ):
             raise ValueError(f"lora_name must be a non-empty string, got {self.lora_name!r}")
         if self.tool_timeout_s is not None:
             check_number("tool_timeout_s", self.tool_timeout_s, positive=True)
@@ -59,24 +60,37 @@ class RolloutConfig:
             raise ValueError(f"tir must be a TIRConfig, got {type(self.tir).__name__}")
 
 
-def rollout(engine_or_client: Any, messages: list[dict[str, Any]],
-            tools: list[dict] | None = None,
-            tool_executors: Mapping[str, ToolExecutor] | None = None,
-            max_assistant_turns: int = 8, params: SamplingParams | None = None,
-            **options: Any) -> Trajectory:
+def rollout(
+    engine_or_client: Any,
+    messages: list[dict[str, Any]],
+    tools: list[dict] | None = None,
+    tool_executors: Mapping[str, ToolExecutor] | None = None,
+    max_assistant_turns: int = 8,
+    params: SamplingParams | None = None,
+    **options: Any,
+) -> Trajectory:
     """Run one conversation to the end; `options` are `rollout_batch`'s keywords."""
-    return rollout_batch(engine_or_client, [messages], tools, tool_executors,
-                         max_assistant_turns, params, **options)[0]
+    return rollout_batch(
+        engine_or_client, [messages], tools, tool_executors, max_assistant_turns, params, **options
+    )[0]
 
 
-def rollout_batch(engine_or_client: Any, conversations: list[list[dict[str, Any]]],
-                  tools: list[dict] | None = None,
-                  tool_executors: Mapping[str, ToolExecutor] | None = None,
-                  max_assistant_turns: int = 8, params: SamplingParams | None = None, *,
-                  max_total_tokens: int | None = None, parser: str = "hermes",
-                  lora_name: str | None = None, tool_timeout_s: float | None = None,
-                  max_tool_workers: int = 16, tir: TIRConfig | None = None,
-                  sandbox: Sandbox | None = None) -> list[Trajectory]:
+def rollout_batch(
+    engine_or_client: Any,
+    conversations: list[list[dict[str, Any]]],
+    tools: list[dict] | None = None,
+    tool_executors: Mapping[str, ToolExecutor] | None = None,
+    max_assistant_turns: int = 8,
+    params: SamplingParams | None = None,
+    *,
+    max_total_tokens: int | None = None,
+    parser: str = "hermes",
+    lora_name: str | None = None,
+    tool_timeout_s: float | None = None,
+    max_tool_workers: int = 16,
+    tir: TIRConfig | None = None,
+    sandbox: Sandbox | None = None,
+) -> list[Trajectory]:
     """Run many conversations together; one `Trajectory` each, in order.
 
     `engine_or_client`: an `Engine` (driven on this thread; it must have no other
@@ -89,24 +103,37 @@ def rollout_batch(engine_or_client: Any, conversations: list[list[dict[str, Any]
     With `tir`, code between its markers runs in `sandbox` (default: a fresh `Sandbox()`
     for this call) and `tool_executors` must be None.
     """
-    config = RolloutConfig(max_assistant_turns, max_total_tokens, parser, lora_name,
-                           tool_timeout_s, max_tool_workers, tir)
+    config = RolloutConfig(
+        max_assistant_turns,
+        max_total_tokens,
+        parser,
+        lora_name,
+        tool_timeout_s,
+        max_tool_workers,
+        tir,
+    )
     params = _check_params(params)
     conversations = _check_conversations(conversations)
     backend = as_backend(engine_or_client, lora_name)
     budget = _budget(config.max_total_tokens, backend.max_model_len)
-    limits = LoopLimits(config.max_assistant_turns, budget, config.tool_timeout_s,
-                        config.max_tool_workers)
+    limits = LoopLimits(
+        config.max_assistant_turns, budget, config.tool_timeout_s, config.max_tool_workers
+    )
     with _mode(backend.tokenizer, tools, tool_executors, config, sandbox) as mode:
         return RolloutLoop(backend, mode, params, limits).run(conversations, tools)
 
 
 @contextmanager
-def _mode(tokenizer: Any, tools: list[dict] | None,
-          executors: Mapping[str, ToolExecutor] | None, config: RolloutConfig,
-          sandbox: Sandbox | None) -> Iterator[Mode]:
-    if tools is not None and not (isinstance(tools, list)
-                                  and all(isinstance(t, dict) for t in tools)):
+def _mode(
+    tokenizer: Any,
+    tools: list[dict] | None,
+    executors: Mapping[str, ToolExecutor] | None,
+    config: RolloutConfig,
+    sandbox: Sandbox | None,
+) -> Iterator[Mode]:
+    if tools is not None and not (
+        isinstance(tools, list) and all(isinstance(t, dict) for t in tools)
+    ):
         raise ValueError("tools must be a list of OpenAI-style tool definitions (dicts)")
     if config.tir is None:
         yield ChatToolMode(tokenizer, tools, _check_executors(executors), config.parser)
@@ -149,6 +176,7 @@ def _check_executors(executors: Mapping[str, ToolExecutor] | None) -> dict[str, 
     executors = dict(executors or {})
     for name, fn in executors.items():
         if not isinstance(name, str) or not callable(fn):
-            raise ValueError(f"tool_executors must map names to callables; got {name!r}: "
-                             f"{type(fn).__name__}")
+            raise ValueError(
+                f"tool_executors must map names to callables; got {name!r}: {type(fn).__name__}"
+            )
     return executors

@@ -56,7 +56,7 @@ def extract_code(text: str, config: TIRConfig) -> str | None:
     start = text.rfind(config.begin, 0, stop)
     if start < 0:
         return None
-    return strip_fence(text[start + len(config.begin):stop])
+    return strip_fence(text[start + len(config.begin) : stop])
 
 
 def strip_fence(code: str) -> str:
@@ -82,15 +82,24 @@ def show_last_expression(code: str) -> str:
     if not isinstance(last, ast.Expr):
         return code
     lines = code.split("\n")
-    head = lines[:last.lineno - 1]
+    head = lines[: last.lineno - 1]
     first = lines[last.lineno - 1]
     # Wrap the expression's source in parentheses so multi-line expressions stay valid,
     # keeping the lines before it untouched (tracebacks keep their line numbers).
-    prefix, expr = first[:_char_offset(first, last.col_offset)], lines[last.lineno - 1:]
-    expr[0] = expr[0][len(prefix):]
+    prefix, expr = first[: _char_offset(first, last.col_offset)], lines[last.lineno - 1 :]
+    expr[0] = expr[0][len(prefix) :]
     body = "\n".join(expr).rstrip()
-    wrapped = "\n".join([*head, f"{prefix}{_LAST} = (", body, ")",
-                         f"if {_LAST} is not None:", f"    print(repr({_LAST}))", ""])
+    wrapped = "\n".join(
+        [
+            *head,
+            f"{prefix}{_LAST} = (",
+            body,
+            ")",
+            f"if {_LAST} is not None:",
+            f"    print(repr({_LAST}))",
+            "",
+        ]
+    )
     try:
         ast.parse(wrapped)
     except SyntaxError:  # e.g. a trailing ';' after the expression
@@ -123,7 +132,7 @@ def truncate(text: str, limit: int) -> str:
         return text
     marker = "\n...[output truncated]...\n"
     keep = max(0, limit - len(marker))
-    return text[:keep // 2] + marker + text[len(text) - (keep - keep // 2):]
+    return text[: keep // 2] + marker + text[len(text) - (keep - keep // 2) :]
 
 
 def output_block(output: str) -> str:

@@ -12,11 +12,16 @@ from typing import Any
 Offsets = list[tuple[int, int]]
 
 
-def render(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict] | None,
-           add_generation_prompt: bool) -> str:
+def render(
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    tools: list[dict] | None,
+    add_generation_prompt: bool,
+) -> str:
     """`messages` as text, by the tokenizer's chat template."""
-    return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
-                                         add_generation_prompt=add_generation_prompt)
+    return tokenizer.apply_chat_template(
+        messages, tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
 
 
 def encode(tokenizer: Any, text: str) -> list[int]:
@@ -36,12 +41,14 @@ def encode_with_offsets(tokenizer: Any, text: str) -> tuple[list[int], Offsets |
 
 def decode(tokenizer: Any, token_ids: Sequence[int]) -> str:
     """Exact text of `token_ids`: special tokens kept, no clean-up of spaces."""
-    return tokenizer.decode(list(token_ids), skip_special_tokens=False,
-                            clean_up_tokenization_spaces=False)
+    return tokenizer.decode(
+        list(token_ids), skip_special_tokens=False, clean_up_tokenization_spaces=False
+    )
 
 
-def label_tokens(text: str, offsets: Offsets | None, count: int, contents: Sequence[str],
-                 start: int = 0) -> list[str]:
+def label_tokens(
+    text: str, offsets: Offsets | None, count: int, contents: Sequence[str], start: int = 0
+) -> list[str]:
     """Kind of each of the `count` tokens of an insert (character spans `offsets` in
     `text`): "tool" if it overlaps one of `contents` (found in order in `text[start:]`),
     else "template". All "tool" when no content can be located (no offsets, or a template
@@ -54,5 +61,6 @@ def label_tokens(text: str, offsets: Offsets | None, count: int, contents: Seque
             pos = at + len(content)
     if offsets is None or not spans:
         return ["tool"] * count
-    return ["tool" if any(s < e2 and s2 < e for s2, e2 in spans) else "template"
-            for s, e in offsets]
+    return [
+        "tool" if any(s < e2 and s2 < e for s2, e2 in spans) else "template" for s, e in offsets
+    ]

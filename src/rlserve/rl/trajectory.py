@@ -77,19 +77,26 @@ class Trajectory:
     def finished(self) -> bool:
         return self.finish_reason is not None
 
-    def add_sampled(self, token_ids: list[int], logprobs: list[float],
-                    weight_versions: list[int], turn: int, finish_reason: str | None) -> None:
+    def add_sampled(
+        self,
+        token_ids: list[int],
+        logprobs: list[float],
+        weight_versions: list[int],
+        turn: int,
+        finish_reason: str | None,
+    ) -> None:
         """Append tokens the policy sampled (loss mask 1)."""
         if not len(token_ids) == len(logprobs) == len(weight_versions):
-            raise ValueError(f"{len(token_ids)} tokens but {len(logprobs)} logprobs and "
-                             f"{len(weight_versions)} weight versions")
+            raise ValueError(
+                f"{len(token_ids)} tokens but {len(logprobs)} logprobs and "
+                f"{len(weight_versions)} weight versions"
+            )
         start = len(self.completion_ids)
         self.completion_ids += token_ids
         self.logprobs += [float(lp) for lp in logprobs]
         self.loss_mask += [1] * len(token_ids)
         self.weight_versions += list(weight_versions)
-        self.segments.append(Segment(start, len(self.completion_ids), "model", turn,
-                                     finish_reason))
+        self.segments.append(Segment(start, len(self.completion_ids), "model", turn, finish_reason))
 
     def add_inserted(self, token_ids: list[int], kinds: list[str], turn: int) -> None:
         """Append tokens the loop inserted (loss mask 0); `kinds[i]` is "tool" or
@@ -119,12 +126,17 @@ class Trajectory:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field (segments as dicts)."""
         return {
-            "prompt_ids": self.prompt_ids, "completion_ids": self.completion_ids,
-            "logprobs": self.logprobs, "loss_mask": self.loss_mask,
+            "prompt_ids": self.prompt_ids,
+            "completion_ids": self.completion_ids,
+            "logprobs": self.logprobs,
+            "loss_mask": self.loss_mask,
             "weight_versions": self.weight_versions,
             "segments": [vars(s).copy() for s in self.segments],
-            "messages": self.messages, "template_messages": self.template_messages,
-            "finish_reason": self.finish_reason, "infra_error": self.infra_error,
-            "error": self.error, "num_turns": self.num_turns,
+            "messages": self.messages,
+            "template_messages": self.template_messages,
+            "finish_reason": self.finish_reason,
+            "infra_error": self.infra_error,
+            "error": self.error,
+            "num_turns": self.num_turns,
             "template_exact": self.template_exact,
         }

@@ -166,5 +166,3 @@ async def unload_adapter(state: ServerState, request: Request) -> JSONResponse:
     return reply(
         state, status="success", message=f"Unloaded adapter {shown(name)}", adapter_name=name
     )
-
-

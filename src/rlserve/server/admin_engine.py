@@ -60,5 +60,3 @@ def _status_of(exc: Exception) -> int:
 def reply(state: ServerState, **fields: Any) -> JSONResponse:
     """`fields` plus the published policy version (already in /health and /metrics)."""
     return JSONResponse({**fields, "policy_version": state.policy_version})
-
-

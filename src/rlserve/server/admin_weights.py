@@ -90,5 +90,3 @@ async def update_weights(state: ServerState, request: Request) -> JSONResponse:
         weights = await asyncio.to_thread(read_checked_weights, state, path)
         new = await commit_update(state, weights, version, mode, recompute)
     return JSONResponse({"policy_version": new, "mode": mode})
-
-

@@ -45,9 +45,7 @@ class CompletionView:
         choices = [self.choice(i, r, s) for i, r in enumerate(results) for s in r.outputs]
         return {**self.base, "choices": choices, "usage": results_usage(results)}
 
-    def choice(
-        self, index: int, result: RequestOutput, sample: CompletionOutput
-    ) -> dict[str, Any]:
+    def choice(self, index: int, result: RequestOutput, sample: CompletionOutput) -> dict[str, Any]:
         req, prompt_ids = self.req, result.prompt_token_ids
         prefix = self.prompt_text(index, prompt_ids) if req.echo else ""
         choice = _text_choice(index * self.n + sample.index, prefix + sample.text, sample)

@@ -85,9 +85,7 @@ class ServerConfig:
         default=None,
         metadata={"help": "require 'Authorization: Bearer KEY' on /v1/* and /generate"},
     )
-    served_model_name: str | None = field(
-        default=None, metadata={"help": "model id in /v1/models"}
-    )
+    served_model_name: str | None = field(default=None, metadata={"help": "model id in /v1/models"})
     tool_call_parser: str | None = field(
         default="hermes",
         metadata={"help": "format of tool calls in chat replies, or 'none'", "none": "none"},

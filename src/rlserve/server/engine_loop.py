@@ -76,9 +76,7 @@ class EngineLoop:
         self._control = self._worker.control
         self._stopping = self._worker.stopping
         self._closing = threading.Event()  # close(): admit nothing new
-        self._thread = threading.Thread(
-            target=self._worker.run, name="rlserve-engine", daemon=True
-        )
+        self._thread = threading.Thread(target=self._worker.run, name="rlserve-engine", daemon=True)
 
     # ---- any thread -----------------------------------------------------------------------
 

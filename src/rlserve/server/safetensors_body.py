@@ -20,9 +20,16 @@ from rlserve.server.body_limits import declared_length, read_limited, too_large
 from rlserve.server.errors import APIError, shown
 
 DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-    "U8": torch.uint8, "BOOL": torch.bool,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
 }
 
 
@@ -60,7 +67,7 @@ async def read_body(
     async for chunk in request.stream():
         if filled + len(chunk) > size:
             raise APIError(400, f"{what} is longer than its Content-Length")
-        view[filled:filled + len(chunk)] = chunk
+        view[filled : filled + len(chunk)] = chunk
         filled += len(chunk)
     if filled != size:
         raise APIError(400, f"{what} ended after {filled} of {size} bytes")
@@ -75,7 +82,7 @@ def parse_safetensors(buffer: torch.Tensor) -> dict[str, torch.Tensor]:
     if 8 + header_len > buffer.numel():
         raise ValueError(f"the header length {header_len} runs past the end of the data")
     try:
-        header = json.loads(buffer[8:8 + header_len].numpy().tobytes())
+        header = json.loads(buffer[8 : 8 + header_len].numpy().tobytes())
     except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
         raise ValueError(f"the header is not JSON: {exc}") from exc
     if not isinstance(header, dict):
@@ -97,10 +104,15 @@ def _tensor(name: str, entry: Any, data: torch.Tensor, start: int) -> torch.Tens
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"tensor {shown(name)}: bad header entry {shown(entry)}") from exc
     itemsize = dtype.itemsize
-    if min(shape, default=0) < 0 or not 0 <= begin <= end <= data.numel() or \
-            end - begin != math.prod(shape) * itemsize:
-        raise ValueError(f"tensor {shown(name)}: offsets {begin}..{end} do not hold shape "
-                         f"{shown(shape)} of {entry['dtype']} within {data.numel()} data bytes")
+    if (
+        min(shape, default=0) < 0
+        or not 0 <= begin <= end <= data.numel()
+        or end - begin != math.prod(shape) * itemsize
+    ):
+        raise ValueError(
+            f"tensor {shown(name)}: offsets {begin}..{end} do not hold shape "
+            f"{shown(shape)} of {entry['dtype']} within {data.numel()} data bytes"
+        )
     raw = data[begin:end]
     if (start + begin) % itemsize:
         raw = raw.clone()  # a dtype view needs an aligned offset
