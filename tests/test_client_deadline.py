@@ -107,6 +107,20 @@ def test_connection_errors_are_retried_only_while_time_is_left() -> None:
     assert type(error) is APIConnectionError and seconds < BOUND
 
 
+def test_a_wait_that_overruns_the_deadline_ends_with_the_last_error(monkeypatch) -> None:
+    """Fault injection: the backoff sleep wakes up long after the deadline (as under load),
+    which no real input can force. The call ends with the connection error of its last
+    attempt, not a timeout it never had."""
+    import rlserve.client.sync_client as sync_client
+
+    late = type("LateClock", (), {"sleep": staticmethod(lambda s: time.sleep(s + 0.6))})
+    monkeypatch.setattr(sync_client, "time", late)
+    url = f"http://127.0.0.1:{free_port()}"  # nobody listens
+    with Client(url, model="m", max_retries=5, initial_backoff=0.01) as client:
+        _, error = _elapsed(lambda: client.completion("hi", timeout=0.5))
+    assert type(error) is APIConnectionError
+
+
 def test_retries_that_fit_still_happen() -> None:
     def handler(req: Recorded, n: int) -> tuple[int, Any, dict[str, str]]:
         return (503, {"error": {"message": "busy"}}, {}) if n <= 2 else (200, OK, {})

@@ -158,9 +158,20 @@ def wait_or_raise(
         delay = retry_delay(policy, attempt, error=failure)
     if delay is not None and deadline.allows_wait(delay):
         return delay
+    raise call_error(method, path, failure) from _cause(failure)
+
+
+def call_error(
+    method: str, path: str, failure: httpx.Response | httpx.TransportError
+) -> APIConnectionError | APIStatusError:
+    """The error a call that ends with `failure` raises."""
     if isinstance(failure, httpx.Response):
-        raise APIStatusError(failure.status_code, decode_body(failure))
-    raise transport_error(method, path, failure) from failure
+        return APIStatusError(failure.status_code, decode_body(failure))
+    return transport_error(method, path, failure)
+
+
+def _cause(failure: httpx.Response | httpx.TransportError) -> BaseException | None:
+    return failure if isinstance(failure, BaseException) else None
 
 
 def transport_error(method: str, path: str, exc: httpx.TransportError) -> APIConnectionError:
@@ -182,17 +193,28 @@ class Attempts:
         self.policy = RetryPolicy(max_retries=0) if call.admin else policy
         budget = timeout if call.timeout is NOT_GIVEN else call.timeout
         self.deadline = Deadline(None if call.admin else budget)
+        self._last_failure: httpx.Response | httpx.TransportError | None = None
 
     def request_options(self) -> dict[str, Any]:
         """`build_request` keyword arguments of the next attempt."""
         if self.call.admin:
             return request_options(self.call, httpx.USE_CLIENT_DEFAULT)
-        return request_options(self.call, self.deadline.attempt_timeout())
+        try:
+            timeout = self.deadline.attempt_timeout()
+        except APITimeoutError:
+            # The wait before this retry overran the deadline (a late wake-up): the call
+            # ends with the error of its last attempt, as if that one had been final.
+            if self._last_failure is None:
+                raise
+            failure = self._last_failure
+            raise call_error(self.call.method, self.call.path, failure) from _cause(failure)
+        return request_options(self.call, timeout)
 
     def wait_after(self, failure: httpx.Response | httpx.TransportError) -> float:
         """Seconds to wait after the last attempt failed with `failure`; raises the call's
         error when there is no retry left (see `wait_or_raise`)."""
         method, path = self.call.method, self.call.path
         delay = wait_or_raise(self.policy, self.deadline, self.attempt, method, path, failure)
+        self._last_failure = failure
         self.attempt += 1
         return delay
