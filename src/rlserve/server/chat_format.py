@@ -11,7 +11,13 @@ from rlserve.chat_messages import chat_template_options, with_joined_text
 from rlserve.outputs import CompletionOutput, RequestOutput
 from rlserve.server.errors import APIError, shown
 from rlserve.server.logprob_format import chat_logprobs, prompt_logprobs_entries
-from rlserve.server.openai_format import envelope, results_usage, token_id_fields, usage
+from rlserve.server.openai_format import (
+    envelope,
+    results_usage,
+    token_id_fields,
+    unrequested_token_fields,
+    usage,
+)
 from rlserve.server.prompt_input import tokenize_chat_text
 from rlserve.server.protocol import ChatCompletionRequest
 from rlserve.server.state import ServerState
@@ -133,6 +139,7 @@ class ChatView:
         self.base = envelope(response_id, "chat.completion", state.model_name)
         self.prompt_ids = prompt_ids
         self.completion_tokens = 0
+        self.cached_tokens = 0
 
     def _logprobs(self, ids: list[int], lps: list[float], tops: Any) -> dict[str, Any] | None:
         if not self.req.logprobs:
@@ -146,6 +153,7 @@ class ChatView:
             **self.base,
             "choices": [self.choice(s) for s in result.outputs],
             "usage": results_usage([result]),
+            **unrequested_token_fields("chat"),
         }
         if self.req.return_token_ids:
             body["prompt_token_ids"] = result.prompt_token_ids
@@ -166,7 +174,10 @@ class ChatView:
             reason = finish_reason(reason, "tool_calls" in message)
         if message["content"] is not None:
             message["content"] = self.prefix + message["content"]
-        return self._choice(sample, "message", message, reason)
+        choice = self._choice(sample, "message", message, reason)
+        for name, null in unrequested_token_fields("chat_choice").items():
+            choice.setdefault(name, null)
+        return choice
 
     def _choice(
         self, out: CompletionOutput, key: str, value: dict[str, Any], reason: str | None
@@ -203,6 +214,7 @@ class ChatView:
     def chunks(self, delta: RequestOutput) -> list[dict[str, Any]]:
         """One chunk per sample that progressed in this delta."""
         chunks = []
+        self.cached_tokens = delta.num_cached_tokens
         for out in delta.outputs:
             fields, reason = self._delta_fields(out.index, out.text, out.finish_reason)
             self.completion_tokens += len(out.token_ids)
@@ -222,5 +234,5 @@ class ChatView:
             **self.base,
             "object": "chat.completion.chunk",
             "choices": [],
-            "usage": usage(len(self.prompt_ids), self.completion_tokens),
+            "usage": usage(len(self.prompt_ids), self.completion_tokens, self.cached_tokens),
         }

@@ -7,7 +7,13 @@ from typing import TYPE_CHECKING, Any
 
 from rlserve.outputs import CompletionOutput, RequestOutput
 from rlserve.server.logprob_format import completion_logprobs, prompt_logprobs_entries
-from rlserve.server.openai_format import envelope, results_usage, token_id_fields, usage
+from rlserve.server.openai_format import (
+    envelope,
+    results_usage,
+    token_id_fields,
+    unrequested_token_fields,
+    usage,
+)
 from rlserve.server.protocol import CompletionRequest
 from rlserve.server.state import ServerState
 
@@ -32,6 +38,7 @@ class CompletionView:
         self.base = envelope(response_id, "text_completion", state.model_name)
         # streaming state
         self.prompt_ids: dict[int, list[int]] = {}
+        self.cached_tokens: dict[int, int] = {}
         self.offsets: dict[int, int] = {}
         self.completion_tokens = 0
 
@@ -49,6 +56,7 @@ class CompletionView:
         req, prompt_ids = self.req, result.prompt_token_ids
         prefix = self.prompt_text(index, prompt_ids) if req.echo else ""
         choice = _text_choice(index * self.n + sample.index, prefix + sample.text, sample)
+        choice.update(unrequested_token_fields("choice"))
         if req.logprobs is not None:
             ids, lps = sample.token_ids, list(sample.logprobs)
             tops = list(sample.top_logprobs or [])
@@ -71,6 +79,7 @@ class CompletionView:
         """One chunk per sample that progressed in this delta."""
         if delta.prompt_token_ids:
             self.prompt_ids[index] = list(delta.prompt_token_ids)
+        self.cached_tokens[index] = delta.num_cached_tokens
         prompt_ids = self.prompt_ids.get(index, [])
         chunks = []
         for out in delta.outputs:
@@ -96,7 +105,9 @@ class CompletionView:
 
     def usage_chunk(self) -> dict[str, Any]:
         prompt_tokens = sum(len(ids) for ids in self.prompt_ids.values())
-        return {**self.base, "choices": [], "usage": usage(prompt_tokens, self.completion_tokens)}
+        cached = sum(self.cached_tokens.values())
+        totals = usage(prompt_tokens, self.completion_tokens, cached)
+        return {**self.base, "choices": [], "usage": totals}
 
 
 def _text_choice(index: int, text: str, out: CompletionOutput) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from rlserve.server.auth import is_loopback
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LIMITS = (  # the settings that must be positive integers
     "max_batch",
-    "max_tokens",
     "max_queue",
     "max_upload_bytes",
     "max_update_bytes",
@@ -26,8 +25,10 @@ class ServerConfig:
 
     `max_batch`: most sequences in one engine step (the engine's `max_num_seqs`).
     `flush_interval_ms`: the longest a request arriving at an idle engine waits for
-    companions before the first step starts. `max_tokens`: default and upper limit of a
-    request's `max_tokens`. `max_queue`: sequences allowed to wait for a batch slot (a
+    companions before the first step starts. `max_tokens`: an optional cap on a request's
+    `max_tokens` (more is a 400) and the default of requests that name none (None: no cap,
+    a request may ask for the rest of the context and chat requests without max_tokens get
+    it, as vLLM does). `max_queue`: sequences allowed to wait for a batch slot (a
     request counts each prompt `n` times); more are refused with 429. `served_model_name`:
     the id of the base model in `/v1/models`.
     `adapter_path`: a PEFT LoRA adapter loaded at start-up under `adapter_name` (default:
@@ -60,8 +61,12 @@ class ServerConfig:
         default=10.0,
         metadata={"help": "how long a request reaching an idle engine waits for companions"},
     )
-    max_tokens: int = field(
-        default=512, metadata={"help": "default and limit of a request's max_tokens"}
+    max_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "cap on a request's max_tokens and the default when it names none "
+            "(default: no cap; a request may use the rest of the context)"
+        },
     )
     max_queue: int = field(
         default=1024, metadata={"help": "sequences allowed to wait; more get 429"}
@@ -140,6 +145,8 @@ class ServerConfig:
     def _check_limits(self) -> None:
         for name in LIMITS:
             check_positive_int(name, getattr(self, name))
+        if self.max_tokens is not None:
+            check_positive_int("max_tokens", self.max_tokens)
         check_int("max_logprobs", self.max_logprobs, minimum=0)
         if not is_number(self.flush_interval_ms) or self.flush_interval_ms < 0:
             raise ValueError(f"flush_interval_ms must be >= 0, got {self.flush_interval_ms!r}")

@@ -12,7 +12,13 @@ from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
 from rlserve.server.body_limits import read_limited
-from rlserve.server.errors import APIError, ClientGone, validation_message, value_error_param
+from rlserve.server.errors import (
+    APIError,
+    ClientGone,
+    shown,
+    validation_message,
+    value_error_param,
+)
 from rlserve.server.request_group import RequestGroup
 
 M = TypeVar("M", bound=BaseModel)
@@ -61,9 +67,27 @@ def _has_lone_surrogate(data: Any) -> bool:
     return False
 
 
+def check_json_content_type(request: Request) -> None:
+    """400 unless the body is declared JSON (`application/json` or `application/*+json`)
+    or not declared at all: FastAPI's rule, so vLLM's, which answers a form-encoded or
+    text body with a 400."""
+    declared = request.headers.get("content-type", "")
+    media_type = declared.split(";", 1)[0].strip().lower()
+    if not media_type or media_type == "application/json":
+        return
+    if media_type.startswith("application/") and media_type.endswith("+json"):
+        return
+    raise APIError(
+        400,
+        f"the request body must be JSON (Content-Type: application/json), not {shown(media_type)}",
+    )
+
+
 async def parse_body(request: Request, model: type[M], max_bytes: int) -> M:
-    """Decode and validate a JSON body (at most `max_bytes`); 400 names the offending
-    fields, 413 a body over the limit. Large bodies are parsed in a worker thread."""
+    """Decode and validate a JSON body (at most `max_bytes`); 400 for a body declared as
+    anything but JSON or one that does not validate (naming the offending fields), 413
+    for a body over the limit. Large bodies are parsed in a worker thread."""
+    check_json_content_type(request)
     raw = await read_body(request, max_bytes)
     if len(raw) > _PARSE_INLINE_BYTES:
         return await asyncio.to_thread(_validated, raw, model)

@@ -54,12 +54,16 @@ def completion_logprobs(
     offset: int = 0,
 ) -> dict[str, Any]:
     """`choices[i].logprobs` of /v1/completions: tokens, token_logprobs, top_logprobs,
-    text_offset (character offsets of each token, starting at `offset`)."""
+    text_offset (character offsets of each token, starting at `offset`). A token without a
+    logprob (the first prompt token under `echo`) has null in both lists, as in vLLM."""
     tokens, offsets, tops = [], [], []
     for t, token_id in enumerate(token_ids):
         tokens.append(render(token_id))
         offsets.append(offset)
         offset += len(text_of(token_id))
+        if logprobs[t] is None:  # the first echoed prompt token has no context
+            tops.append(None)
+            continue
         top = top_logprobs[t] if top_logprobs and t < len(top_logprobs) else None
         merged = _with_sampled(token_id, logprobs[t], top)
         tops.append({render(i): clamp(lp) for i, lp in merged.items()})

@@ -23,18 +23,37 @@ def envelope(response_id: str, kind: str, model: str) -> dict[str, Any]:
     return {"id": response_id, "object": kind, "created": int(time.time()), "model": model}
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
+    """OpenAI's usage object. `prompt_tokens_details.cached_tokens` (prompt tokens served
+    by the prefix cache) is always sent, as OpenAI does; vLLM sends it only with
+    `--enable-prompt-tokens-details`, so its clients find it where they look for it."""
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
 
 
-def results_usage(results: list[RequestOutput]) -> dict[str, int]:
+def results_usage(results: list[RequestOutput]) -> dict[str, Any]:
     prompt = sum(len(r.prompt_token_ids) for r in results)
     completion = sum(len(s.token_ids) for r in results for s in r.outputs)
-    return usage(prompt, completion)
+    return usage(prompt, completion, sum(r.num_cached_tokens for r in results))
+
+
+def unrequested_token_fields(kind: str) -> dict[str, None]:
+    """vLLM's token fields a response carries as null when not asked for, so SDK attribute
+    access (`choice.prompt_logprobs`) works: on a completions choice ("choice") or a chat
+    response ("chat") or chat choice ("chat_choice"). Stream chunks leave them out, as
+    vLLM's do (it drops unset fields from chunks)."""
+    return {name: None for name in _UNREQUESTED[kind]}
+
+
+_UNREQUESTED = {
+    "choice": ("token_ids", "prompt_token_ids", "prompt_logprobs"),
+    "chat": ("prompt_token_ids", "prompt_logprobs"),
+    "chat_choice": ("token_ids",),
+}
 
 
 def token_id_fields(

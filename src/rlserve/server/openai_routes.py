@@ -22,12 +22,13 @@ from rlserve.server.openai_format import SSE_DONE, SSE_HEADERS, sse
 from rlserve.server.prompt_input import request_prompts, tokenize_prompts
 from rlserve.server.protocol import ChatCompletionRequest, CompletionRequest, OpenAIFields
 from rlserve.server.request_group import RequestGroup
-from rlserve.server.sampling import SAMPLING_FIELD_NAMES, build_params
+from rlserve.server.sampling import SAMPLING_FIELD_NAMES, build_params, fit_context
 from rlserve.server.state import ServerState, new_id, post_routes
 from rlserve.server.tool_calls import ToolCallFormat, prompt_opens_thinking
 from rlserve.tools import forced_call_prefixes
 
 PARAM_FIELDS = SAMPLING_FIELD_NAMES | {"prompt", "messages"}
+COMPLETIONS_MAX_TOKENS = 16  # OpenAI's and vLLM's default for /v1/completions
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,31 @@ def model_cards(state: ServerState) -> list[dict[str, Any]]:
     return [card, *adapters]
 
 
+def check_stream_options(req: OpenAIFields) -> None:
+    """vLLM's rule: `stream_options` only with `stream: true`."""
+    options = req.stream_options
+    if options is not None and options.model_fields_set and not req.stream:
+        raise APIError(
+            400, "Stream options can only be defined when `stream=True`.", "stream_options"
+        )
+
+
+def requested_length(req: OpenAIFields) -> tuple[str | None, int | None]:
+    """The length field the client set and its value (chat: `max_completion_tokens` first,
+    as vLLM reads them), or (None, None)."""
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = getattr(req, name, None)
+        if value is not None:
+            return name, value
+    return None, None
+
+
+def completions_default(cap: int | None) -> int:
+    return COMPLETIONS_MAX_TOKENS if cap is None else min(cap, COMPLETIONS_MAX_TOKENS)
+
+
 def completion_params(state: ServerState, req: CompletionRequest) -> SamplingParams:
+    check_stream_options(req)
     if req.suffix:
         raise APIError(400, "suffix is not supported by rlserve", param="suffix")
     echo_logprobs = None
@@ -98,10 +123,11 @@ def completion_params(state: ServerState, req: CompletionRequest) -> SamplingPar
         if req.stream:
             raise APIError(400, "echo with logprobs cannot be streamed", param="echo")
         echo_logprobs = max(req.logprobs, req.prompt_logprobs or 0)
+    cap = state.config.max_tokens
     return build_params(
         req,
-        max_tokens=req.max_tokens,
-        default_max_tokens=state.config.max_tokens,
+        max_tokens=completions_default(cap) if req.max_tokens is None else req.max_tokens,
+        default_max_tokens=cap,
         logprobs=req.logprobs,
         max_logprobs=state.config.max_logprobs,
         prompt_logprobs=echo_logprobs,
@@ -109,15 +135,15 @@ def completion_params(state: ServerState, req: CompletionRequest) -> SamplingPar
 
 
 def chat_params(state: ServerState, req: ChatCompletionRequest) -> SamplingParams:
+    check_stream_options(req)
     response_format = (req.response_format or {}).get("type", "text")
     if response_format != "text":
         raise APIError(400, f"response_format {shown(response_format)} is not supported")
     if req.top_logprobs and not req.logprobs:
         raise APIError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
-    max_tokens = req.max_completion_tokens
     return build_params(
         req,
-        max_tokens=req.max_tokens if max_tokens is None else max_tokens,
+        max_tokens=requested_length(req)[1],
         default_max_tokens=state.config.max_tokens,
         logprobs=(req.top_logprobs or 0) if req.logprobs else None,
         max_logprobs=state.config.max_logprobs,
@@ -163,6 +189,7 @@ async def create_completion(state: ServerState, request: Request) -> Response:
     params = completion_params(state, req)
     state.loop.check_admissible(len(prompts) * params.n)
     prompt_ids = await tokenize_prompts(state.tokenizer, prompts, state.max_model_len)
+    params = fit_context(params, prompt_ids, state.max_model_len, requested_length(req)[0])
     group = state.loop.submit(prompt_ids, params, lora_name)
     await wait_accepted(group, PARAM_FIELDS)
     view = CompletionView(req, state, prompts, new_id("cmpl"))
@@ -179,6 +206,7 @@ async def create_chat_completion(state: ServerState, request: Request) -> Respon
     params = chat_params(state, req)
     state.loop.check_admissible(params.n)
     prompt_text, prompt_ids = await render_prompt(state, req)
+    params = fit_context(params, [prompt_ids], state.max_model_len, requested_length(req)[0])
     params = replace(params, prefix_choices=forced_calls(state, req, prompt_text))
     tools = tool_format(state, req, prompt_text)
     group = state.loop.submit([prompt_ids], params, lora_name)

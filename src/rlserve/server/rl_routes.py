@@ -15,7 +15,7 @@ from rlserve.server.http_utils import parse_body, unless_disconnected, wait_acce
 from rlserve.server.logprob_format import clamp
 from rlserve.server.prompt_input import request_prompts, tokenize_prompts
 from rlserve.server.protocol import GenerateRequest
-from rlserve.server.sampling import SAMPLING_FIELD_NAMES, build_params
+from rlserve.server.sampling import SAMPLING_FIELD_NAMES, build_params, fit_context
 from rlserve.server.state import ServerState, new_id, post_routes
 
 if TYPE_CHECKING:
@@ -91,6 +91,8 @@ async def generate(state: ServerState, request: Request) -> Response:
     )
     state.loop.check_admissible(len(prompts) * params.n)
     prompt_ids = await tokenize_prompts(state.tokenizer, prompts, state.max_model_len)
+    requested = "max_tokens" if req.max_tokens is not None else None
+    params = fit_context(params, prompt_ids, state.max_model_len, requested)
     group = state.loop.submit(prompt_ids, params, lora_name, req.request_id)
     await wait_accepted(group, PARAM_FIELDS)
     results = await unless_disconnected(request, group, collect(group))

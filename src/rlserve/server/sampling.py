@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import fields, replace
 
 from rlserve.sampling_params import SamplingParams
 from rlserve.server.errors import APIError, value_error_param
@@ -36,18 +36,67 @@ def temperature_of(req: SamplingFields) -> float:
     return 1.0 if req.temperature is None else req.temperature
 
 
-def resolve_max_tokens(max_tokens: int | None, default_max_tokens: int) -> int:
-    """The request's max_tokens, or the server default for None; above it is a 400."""
+# The engine ends every sequence when the context is full, so a larger max_tokens means
+# "until the context is full": what a request without max_tokens (and no --max-tokens) gets
+# until `fit_context` knows its prompt lengths.
+CONTEXT_END = 2**31 - 1
+
+
+def resolve_max_tokens(max_tokens: int | None, cap: int | None) -> int:
+    """The request's max_tokens; None gets the server's `--max-tokens` (None: until the
+    context is full). Above `--max-tokens` is a 400."""
     if max_tokens is None:
-        return default_max_tokens
-    if max_tokens > default_max_tokens:
+        return CONTEXT_END if cap is None else cap
+    if cap is not None and max_tokens > cap:
         raise APIError(
             400,
-            f"max_tokens ({max_tokens}) exceeds the server limit of {default_max_tokens} "
+            f"max_tokens ({max_tokens}) exceeds the server limit of {cap} "
             "(start the server with a larger --max-tokens)",
             param="max_tokens",
         )
     return max_tokens
+
+
+def fit_context(
+    params: SamplingParams,
+    prompt_ids: list[list[int]],
+    max_model_len: int,
+    requested: str | None,
+) -> SamplingParams:
+    """`params` with max_tokens bounded by the rest of the context (vLLM's rule).
+
+    `requested` names the field the client set (max_tokens / max_completion_tokens): then
+    more than the rest of the longest prompt's context is a 400 with vLLM's message. A
+    default is cut to the rest of the shortest prompt's context (longer prompts stop when
+    their context is full). Prompts that fill the context alone are left to the engine's
+    check, which names the prompt.
+    """
+    lengths = [len(ids) for ids in prompt_ids]
+    longest, room = max(lengths), max_model_len - min(lengths)
+    if longest >= max_model_len or room < 1:
+        return params
+    if requested is not None:
+        if longest + params.max_tokens > max_model_len:
+            raise APIError(
+                400,
+                _too_large(requested, params.max_tokens, max_model_len, longest),
+                param=requested,
+            )
+        return params
+    if params.max_tokens <= room:
+        return params
+    try:
+        return replace(params, max_tokens=room)
+    except ValueError as exc:  # min_tokens above the room left
+        raise APIError(400, str(exc), param=value_error_param(exc, SAMPLING_FIELD_NAMES)) from exc
+
+
+def _too_large(field: str, max_tokens: int, max_model_len: int, prompt_tokens: int) -> str:
+    return (
+        f"'{field}' is too large: {max_tokens}. This model's maximum context length is "
+        f"{max_model_len} tokens and your request has {prompt_tokens} input tokens "
+        f"({max_tokens} > {max_model_len} - {prompt_tokens})."
+    )
 
 
 def check_logprob_limits(
@@ -63,14 +112,15 @@ def build_params(
     req: SamplingFields,
     *,
     max_tokens: int | None,
-    default_max_tokens: int,
+    default_max_tokens: int | None,
     logprobs: int | None,
     max_logprobs: int,
     prompt_logprobs: int | None = None,
 ) -> SamplingParams:
     """SamplingParams for `req`; 400 naming the field on any invalid value.
 
-    `max_tokens` None means the server default; above the server limit is refused.
+    `max_tokens` None means `default_max_tokens` (`--max-tokens`; None: until the context
+    is full, see `fit_context`); above `default_max_tokens` is refused.
     `prompt_logprobs` overrides the request's (e.g. `echo` with `logprobs`). An `n` above
     the engine's batch is refused by the engine when the request is submitted.
     """
