@@ -98,7 +98,7 @@ def _version_everywhere(url: str) -> int:
     """The policy version, checked to agree across /policy_version, /health and /metrics."""
     version = httpx.get(url + "/policy_version").json()["policy_version"]
     assert httpx.get(url + "/health").json()["policy_version"] == version
-    assert httpx.get(url + "/metrics").json()["current_policy_version"] == version
+    assert httpx.get(url + "/metrics?format=json").json()["current_policy_version"] == version
     return version
 
 

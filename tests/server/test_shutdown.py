@@ -69,7 +69,7 @@ def _healthy(url: str) -> bool:
 
 
 def _in_flight(url: str) -> int:
-    metrics = httpx.get(url + "/metrics", timeout=5).json()
+    metrics = httpx.get(url + "/metrics?format=json", timeout=5).json()
     return metrics["num_running"] + metrics["num_waiting"]
 
 

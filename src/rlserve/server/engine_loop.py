@@ -23,6 +23,7 @@ import asyncio
 import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from rlserve.pause_mode import PauseMode
@@ -41,6 +42,7 @@ from rlserve.server.request_group import RequestGroup
 if TYPE_CHECKING:
     from rlserve.engine.call_args import Prompt
     from rlserve.engine.core import EngineCore
+    from rlserve.outputs import RequestOutput
 
 __all__ = [  # the loop's errors are importable from here too
     "EngineFailure",
@@ -73,6 +75,8 @@ class EngineLoop:
             flush_interval_s=flush_interval_s,
         )
         self._routes = self._worker.routes
+        # Makes each submitted group's delta observer (set by the app: latency metrics).
+        self.request_timer: Callable[[], Callable[[int, RequestOutput], None]] | None = None
         self._control = self._worker.control
         self._stopping = self._worker.stopping
         self._closing = threading.Event()  # close(): admit nothing new
@@ -154,6 +158,8 @@ class EngineLoop:
         loop = asyncio.get_running_loop()
         group = RequestGroup(prompts, params, loop, self._request_abort, lora_name)
         group.request_id = request_id
+        if self.request_timer is not None:
+            group.observer = self.request_timer()
         with self._admission.lock:  # shutdown drains the inbox under it: nothing slips past
             self._refuse_unless_admissible(group.num_sequences)
             self._admission.queued += group.num_sequences

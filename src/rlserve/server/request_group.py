@@ -46,6 +46,8 @@ class RequestGroup:
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._accepted: asyncio.Future[None] = loop.create_future()
         self._unfinished = set(range(len(prompts)))
+        # Sees every delta as it reaches the handler's loop (the metrics' latency timer).
+        self.observer: Callable[[int, RequestOutput], None] | None = None
 
     @property
     def finished(self) -> bool:
@@ -69,6 +71,8 @@ class RequestGroup:
     def put(self, index: int, delta: RequestOutput) -> None:
         """Event-loop side of a delivery (see `deliver_all`)."""
         self._queue.put_nowait((index, delta))
+        if self.observer is not None:
+            self.observer(index, delta)
 
     def fail(self, error: BaseException) -> None:
         """End the group with `error` (engine failure or shutdown)."""
