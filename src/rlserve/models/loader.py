@@ -163,3 +163,30 @@ def update_weights(model: LlamaModel, source: WeightSource) -> list[str]:
     else:
         items = source
     return sorted(load_weights(model, check_weights(model, items)))
+
+
+DtypeCasts = set[tuple[torch.dtype, torch.dtype]]  # (checkpoint dtype, model dtype) pairs
+
+
+def cast_floating(
+    model: LlamaModel, items: Iterable[tuple[str, object]]
+) -> tuple[WeightItems, DtypeCasts]:
+    """`items` with each floating tensor cast to the dtype of the parameter it fills (a bf16
+    checkpoint for an fp32 model, as vLLM and SGLang load it), and the casts made.
+    Anything else passes unchanged, for `check_weights` to judge."""
+    targets = model.hf_weight_targets()
+    cast: DtypeCasts = set()
+    out: WeightItems = []
+    for name, tensor in items:
+        target = targets.get(name)
+        if (
+            isinstance(tensor, torch.Tensor)
+            and target is not None
+            and tensor.dtype != target.dtype
+            and tensor.is_floating_point()
+            and target.is_floating_point()
+        ):
+            cast.add((tensor.dtype, target.dtype))
+            tensor = tensor.to(target.dtype)
+        out.append((name, tensor))  # type: ignore[arg-type]
+    return out, cast

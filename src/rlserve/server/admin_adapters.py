@@ -159,10 +159,16 @@ async def unload_adapter(state: ServerState, request: Request) -> JSONResponse:
     name = adapter_name(body.get("adapter_name"), state)
     if name is None:
         raise APIError(400, "unload_adapter needs an adapter_name", "adapter_name")
-    async with state.adapter_lock:
-        await engine_call(state, lambda e: e.unload_lora(name))
-        if name == state.default_adapter:
-            state.default_adapter = None  # unnamed requests run on the base weights again
+    await unload_adapter_named(state, name)
     return reply(
         state, status="success", message=f"Unloaded adapter {shown(name)}", adapter_name=name
     )
+
+
+async def unload_adapter_named(state: ServerState, name: str) -> None:
+    """Forget adapter `name` (409 while requests use it); unloading the default adapter
+    makes unnamed requests run on the base weights again."""
+    async with state.adapter_lock:
+        await engine_call(state, lambda e: e.unload_lora(name))
+        if name == state.default_adapter:
+            state.default_adapter = None

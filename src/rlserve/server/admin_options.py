@@ -12,7 +12,7 @@ from fastapi import Request
 from rlserve._checks import is_int
 from rlserve.pause_mode import PauseMode
 from rlserve.server.errors import APIError, shown
-from rlserve.server.http_utils import decode_json, read_body
+from rlserve.server.http_utils import check_json_content_type, decode_json, read_body
 
 _INT = re.compile(r"-?[0-9]{1,19}")
 _TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no")
@@ -20,6 +20,7 @@ _TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no")
 
 async def json_body(request: Request, limit: int) -> dict[str, Any]:
     """The JSON object in the body ({} when empty): strict JSON, 413 past `limit` bytes."""
+    check_json_content_type(request)
     raw = await read_body(request, limit)
     if not raw.strip():
         return {}
@@ -66,3 +67,10 @@ def update_options(source: Mapping[str, Any]) -> tuple[int | None, PauseMode, bo
     mode = as_mode(source.get("mode"))
     recompute = as_bool(source.get("recompute_kv", False), "recompute_kv")
     return as_version(source.get("version")), mode, recompute
+
+
+def optional_str(value: Any, param: str) -> str | None:
+    """A string, or None when not given; 400 otherwise."""
+    if value is None or isinstance(value, str):
+        return value
+    raise APIError(400, f"{param} must be a string, got {shown(value)}", param)

@@ -3,7 +3,8 @@
 Every response carries the engine's `policy_version`, already visible in `/health` and
 `/metrics` when the response arrives. Access: see `auth.admin_access`. Paths are only read
 under `--weights-dir`; JSON bodies are strict and limited to `--max-request-bytes`.
-Weight updates: `admin_weights`; adapters: `admin_adapters`.
+Weight updates: `admin_weights`; adapters: `admin_adapters`. `/pause` without a body is
+vLLM's (`vllm_routes`); the other SGLang and vLLM routes: `sglang_routes`, `vllm_routes`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from rlserve.server.admin_options import as_bool, as_mode, json_body
 from rlserve.server.admin_weights import update_weights
 from rlserve.server.auth import admin_access
 from rlserve.server.errors import APIError
+from rlserve.server.http_utils import decode_json, read_body
 from rlserve.server.state import ServerState, post_routes
+from rlserve.server.vllm_routes import VLLM_PAUSE_QUERY, vllm_pause
 
 
 def admin_router(state: ServerState) -> APIRouter:
@@ -36,7 +39,16 @@ def admin_router(state: ServerState) -> APIRouter:
 
     @router.post("/pause")
     async def pause_route(request: Request) -> JSONResponse:
-        mode = as_mode((await json_body(request, limit)).get("mode"))
+        raw = await read_body(request, limit)
+        vllm_query = any(name in request.query_params for name in VLLM_PAUSE_QUERY)
+        if not raw.strip():  # vLLM's dialect: options in the query (see vllm_routes)
+            return await vllm_pause(state, request.query_params)
+        if vllm_query:
+            raise APIError(400, "give the pause options in the JSON body or the query, not both")
+        body = decode_json(raw)
+        if not isinstance(body, dict):
+            raise APIError(400, "the request body must be a JSON object")
+        mode = as_mode(body.get("mode"))
         await state.loop.pause(mode)
         return reply(state, paused=mode)
 
@@ -45,7 +57,7 @@ def admin_router(state: ServerState) -> APIRouter:
         body = await json_body(request, limit)
         recompute = as_bool(body.get("recompute_kv", False), "recompute_kv")
         await state.loop.resume(recompute_kv=recompute)
-        return reply(state, paused=state.paused)
+        return reply(state, paused=state.paused, status="resumed")  # status: vLLM's reply
 
     @router.post("/abort")
     async def abort_route(request: Request) -> JSONResponse:

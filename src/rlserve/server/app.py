@@ -19,7 +19,9 @@ from rlserve.server.metrics import MetricsMiddleware, ServerMetrics
 from rlserve.server.openai_routes import openai_router
 from rlserve.server.ops_routes import ops_router
 from rlserve.server.rl_routes import rl_router
+from rlserve.server.sglang_routes import sglang_router
 from rlserve.server.state import ServerState
+from rlserve.server.vllm_routes import vllm_router
 
 if TYPE_CHECKING:
     from rlserve.engine.core import EngineCore
@@ -42,15 +44,18 @@ def build_state(engine: EngineCore, config: ServerConfig, tokenizer: Any = None)
         max_queue=config.max_queue,
     )
     tokenizer = tokenizer or load_tokenizer(engine.model_path, config.trust_remote_code)
+    model_name = config.served_model_name or config.model or BUNDLED_MODEL_NAME
+    metrics = ServerMetrics(loop.stats, model_name=model_name)
+    loop.request_timer = metrics.request_timer
     return ServerState(
         config=config,
         loop=loop,
         tokenizer=tokenizer,
         renderer=TokenRenderer(tokenizer),
-        model_name=config.served_model_name or config.model or BUNDLED_MODEL_NAME,
+        model_name=model_name,
         model_path=str(engine.model_path),
         max_model_len=int(engine.max_model_len),
-        metrics=ServerMetrics(loop.stats),
+        metrics=metrics,
         default_adapter=config.adapter_name if config.adapter_path else None,
     )
 
@@ -82,5 +87,7 @@ def create_app(
     app.include_router(openai_router(state), dependencies=guarded)
     app.include_router(rl_router(state), dependencies=guarded)
     app.include_router(admin_router(state))
+    app.include_router(sglang_router(state))
+    app.include_router(vllm_router(state))
     app.include_router(ops_router(state))
     return app
