@@ -26,7 +26,7 @@ BAD_PARAMS = [
     ("stop", [3]),
     ("stop_token_ids", [-1]),
     ("seed", "x"),
-    ("logprobs", -1),
+    ("logprobs", -2),
     ("prompt_logprobs", -2),
     ("ignore_eos", "yes"),
     ("include_stop_str_in_output", 1),

@@ -38,7 +38,7 @@ BAD_REQUESTS = [
     ("/v1/completions", {"prompt": "hi", "top_p": 1.5}, 400, "top_p"),
     ("/v1/completions", {"prompt": "hi", "max_tokens": 65}, 400, "--max-tokens"),
     ("/v1/completions", {"prompt": "hi", "logprobs": 99}, 400, "logprobs"),
-    ("/v1/completions", {"prompt": "hi", "presence_penalty": 0.5}, 400, "presence_penalty"),
+    ("/v1/completions", {"prompt": "hi", "presence_penalty": 2.5}, 400, "presence_penalty"),
     ("/v1/completions", {"prompt": [10**9]}, 400, "vocabulary"),
     ("/v1/completions", {"prompt": "hi " * 3000}, 400, "context"),
     ("/v1/completions", {"prompt": ["hi", "hi " * 3000]}, 400, "context"),

@@ -4,7 +4,9 @@ For each row:
 - `logprobs`: log_softmax(logits / T) of the chosen token (T = 1 when greedy): the number a
   trainer computes at the same temperature (the logprob contract).
 - `sampling_logprobs`: the chosen token's logprob under the distribution actually sampled
-  from: after min_tokens masking and top-k / top-p / min-p truncation, renormalised.
+  from: after logit_bias, allowed/bad tokens and penalties (penalties.py, on the raw
+  logits as vLLM does), the grammar mask, min_tokens masking and top-k / top-p / min-p
+  truncation, renormalised.
 Sampling inverts the CDF of each row at one uniform number drawn from (request seed, sample
 index, position) alone, so a seeded request gets the same tokens whatever else shares its
 batch (every operation here is row-wise).
@@ -16,6 +18,9 @@ import random
 from dataclasses import dataclass
 
 import torch
+
+from rlserve.engine import penalties
+from rlserve.engine.penalties import NEG_INF, PenaltyRow
 
 
 @dataclass
@@ -30,6 +35,8 @@ class SamplingRow:
     banned_token_ids: list[int]  # stop/EOS ids while min_tokens is not reached
     num_top_logprobs: int  # k alternatives to report (0 = none)
     allowed_token_ids: list[int] | None = None  # None = any (see prefix_constraint.py)
+    token_mask: torch.Tensor | None = None  # bool [vocab], True = allowed (grammars); None = any
+    penalties: PenaltyRow | None = None  # bias, allowed/bad tokens, penalties (None = none)
 
 
 @dataclass
@@ -43,7 +50,10 @@ class SamplerOutput:
 
 
 NOT_FINITE = "the model's logits are NaN or infinite"
-ALL_EXCLUDED = "every token is excluded (stop/EOS ids banned until min_tokens, and prefix_choices)"
+ALL_EXCLUDED = (
+    "every token is excluded (stop/EOS ids banned until min_tokens, prefix_choices, "
+    "allowed_token_ids, bad_words, logit_bias and the grammar mask)"
+)
 
 
 def noise_seed(seed: int, index: int, position: int) -> int:
@@ -61,6 +71,9 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
     )
     scaled = logits / temps[:, None]
     logprobs = torch.log_softmax(scaled, dim=-1)
+    adjusted = penalties.apply(logits, [r.penalties for r in rows])
+    if adjusted is not logits:
+        scaled = adjusted / temps[:, None]
     processed = _truncate(_ban(scaled, rows), rows)
     sampling_logprobs = torch.log_softmax(processed, dim=-1)
     chosen = processed.argmax(dim=-1)
@@ -94,16 +107,30 @@ def _row_errors(best: torch.Tensor) -> list[str | None]:
 
 
 def _ban(scaled: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
-    if not any(r.banned_token_ids or r.allowed_token_ids is not None for r in rows):
+    if not any(
+        r.banned_token_ids or r.allowed_token_ids is not None or r.token_mask is not None
+        for r in rows
+    ):
         return scaled
     out = scaled.clone()
     for i, r in enumerate(rows):
         if r.allowed_token_ids is not None:
             out[i] = float("-inf")
             out[i, r.allowed_token_ids] = scaled[i, r.allowed_token_ids]
+        if r.token_mask is not None:
+            out[i] = out[i].masked_fill(~_row_mask(r.token_mask, out.shape[1], out.device), NEG_INF)
         if r.banned_token_ids:
             out[i, r.banned_token_ids] = float("-inf")
     return out
+
+
+def _row_mask(mask: torch.Tensor, vocab: int, device: torch.device) -> torch.Tensor:
+    """`mask` as bool [vocab] on `device`: a grammar's vocabulary may be shorter than the
+    model's padded one (the padding is never allowed) or longer (the excess is cut)."""
+    mask = mask.to(device=device, dtype=torch.bool)
+    if len(mask) >= vocab:
+        return mask[:vocab]
+    return torch.cat([mask, mask.new_zeros(vocab - len(mask))])
 
 
 def _truncate(scaled: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
@@ -153,14 +180,15 @@ def _inverse_cdf(logprobs: torch.Tensor, rows: list[SamplingRow]) -> torch.Tenso
 
 
 def _top_logprobs(logprobs: torch.Tensor, rows: list[SamplingRow]) -> list[dict | None]:
-    k = max(r.num_top_logprobs for r in rows)
+    """Each row's `num_top_logprobs` best (-1: the whole vocabulary, vLLM's `logprobs=-1`)."""
+    vocab = logprobs.shape[1]
+    wanted = [vocab if r.num_top_logprobs < 0 else min(r.num_top_logprobs, vocab) for r in rows]
+    k = max(wanted)
     if k == 0:
         return [None] * len(rows)
-    values, ids = torch.topk(logprobs, min(k, logprobs.shape[1]), dim=-1)
+    values, ids = torch.topk(logprobs, k, dim=-1)
     values, ids = values.tolist(), ids.tolist()
     return [
-        dict(zip(ids[i][: r.num_top_logprobs], values[i][: r.num_top_logprobs], strict=True))
-        if r.num_top_logprobs
-        else None
-        for i, r in enumerate(rows)
+        dict(zip(ids[i][:w], values[i][:w], strict=True)) if w else None
+        for i, w in enumerate(wanted)
     ]

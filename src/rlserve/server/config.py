@@ -72,7 +72,11 @@ class ServerConfig:
         default=1024, metadata={"help": "sequences allowed to wait; more get 429"}
     )
     max_logprobs: int = field(
-        default=20, metadata={"help": "most logprob alternatives a request may ask for per token"}
+        default=20,
+        metadata={
+            "help": "most logprob alternatives a request may ask for per token "
+            "(-1: the whole vocabulary, which a request asks for with logprobs -1)"
+        },
     )
     adapter_path: str | None = field(
         default=None, metadata={"help": "PEFT LoRA adapter to load and serve by default"}
@@ -147,7 +151,7 @@ class ServerConfig:
             check_positive_int(name, getattr(self, name))
         if self.max_tokens is not None:
             check_positive_int("max_tokens", self.max_tokens)
-        check_int("max_logprobs", self.max_logprobs, minimum=0)
+        check_int("max_logprobs", self.max_logprobs, minimum=-1)
         if not is_number(self.flush_interval_ms) or self.flush_interval_ms < 0:
             raise ValueError(f"flush_interval_ms must be >= 0, got {self.flush_interval_ms!r}")
         grace = self.shutdown_grace_s
