@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from rlserve.engine.block_manager import BlockManager
 from rlserve.engine.prefix_constraint import TokenTexts
+from rlserve.engine.structured import StructuredOutput, check_structured
 from rlserve.sampling_params import SamplingParams
 
 
@@ -45,6 +46,7 @@ def check_params(
                 f"stop_token_ids: with min_tokens={params.min_tokens} they and "
                 "EOS ban every token of the vocabulary; nothing could be sampled"
             )
+    check_structured_param(params.structured)
     if params.prefix_choices:
         stuck = token_texts.dead_end(params.prefix_choices)
         if stuck is not None:
@@ -52,6 +54,17 @@ def check_params(
                 f"prefix_choices cannot be spelled with this tokenizer's tokens: "
                 f"no token continues after {stuck!r}"
             )
+
+
+def check_structured_param(structured: object) -> None:
+    """A grammar constraint compiles (an invalid JSON schema, regex or grammar is refused
+    here, not in the step). getattr above: before SamplingParams has the field, callers
+    may set it as an attribute."""
+    if structured is None:
+        return
+    if not isinstance(structured, StructuredOutput):
+        raise ValueError(f"structured must be a StructuredOutput, got {type(structured).__name__}")
+    check_structured(structured)
 
 
 def check_fits(

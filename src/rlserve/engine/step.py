@@ -15,12 +15,14 @@ from rlserve.engine.block_manager import BlockManager
 from rlserve.engine.failures import run_isolating
 from rlserve.engine.model_runner import ModelRunner, RunnerOutput
 from rlserve.engine.output_processor import OutputProcessor
+from rlserve.engine.penalties import penalty_row
 from rlserve.engine.policy import Policy
 from rlserve.engine.prefix_constraint import TokenTexts, allowed_token_ids
 from rlserve.engine.request import Request
 from rlserve.engine.sampler import SamplerOutput, SamplingRow, noise_seed, sample
 from rlserve.engine.scheduler import ScheduledBatch, Scheduler
 from rlserve.engine.sequence import Sequence
+from rlserve.engine.structured import GrammarCompiler, GrammarMatcher, StructuredOutput
 
 Fail = Callable[[Sequence, Exception], None]
 
@@ -48,6 +50,9 @@ class StepRunner:
         self.requests = requests  # the core's own dict: forks join their request here
         self.counters = counters
         self.fail = fail
+        self.grammars = GrammarCompiler(  # its tokenizer index is built on first use
+            outputs.tokenizer, runner.model.config.vocab_size, outputs.eos_token_ids
+        )
 
     def run(self, batch: ScheduledBatch) -> list[Sequence]:
         """Forward one batch and apply its results; returns the sequences that progressed.
@@ -144,6 +149,7 @@ class StepRunner:
                 rows[j] = self._sampling_row(seq)
             except Exception as exc:
                 self.fail(seq, exc)
+        self._mask_grammars(rows, seqs, logits.device)
         done = []
         for j, out, k in self._sample_rows(logits, rows, seqs):
             seq = seqs[j]
@@ -168,6 +174,7 @@ class StepRunner:
             banned_token_ids=self.outputs.banned_token_ids(s),
             num_top_logprobs=s.params.logprobs or 0,
             allowed_token_ids=self._allowed_token_ids(s),
+            penalties=penalty_row(s),
         )
 
     def _sample_rows(
@@ -197,9 +204,45 @@ class StepRunner:
             seq.top_logprobs.append(out.top_logprobs[k])
         seq.weight_versions.append(self.policy.version)
         self.counters["generated_tokens"] += 1
+        matcher = self.grammars.running(seq)
+        if matcher is not None and out.token_ids[k] not in self.outputs.eos_token_ids:
+            matcher.advance(out.token_ids[k])
         self.outputs.check_stop(seq)
+        if seq.finish_reason is None and matcher is not None and self._grammar_done(seq, matcher):
+            seq.finish_reason = "stop"
         if seq.finish_reason is not None:
             self.scheduler.finish(seq)
+
+    def _grammar_done(self, seq: Sequence, matcher: GrammarMatcher) -> bool:
+        """The grammar is complete and only EOS may follow: stop now if EOS cannot be
+        sampled next (ignore_eos, min_tokens); else the next token is EOS, as in vLLM."""
+        if not matcher.is_stopped:
+            return False
+        return not self._eos_allowed(seq) or seq.num_output_tokens < seq.params.min_tokens
+
+    def _eos_allowed(self, seq: Sequence) -> bool:
+        return bool(self.outputs.eos_token_ids) and not seq.params.ignore_eos
+
+    def _mask_grammars(
+        self, rows: dict[int, SamplingRow], seqs: list[Sequence], device: torch.device
+    ) -> None:
+        """Set the grammar's next-token mask on the rows of constrained sequences."""
+        ready, matchers = [], []
+        for j in rows:
+            structured = _structured(seqs[j])
+            if structured is None or seqs[j].is_finished:
+                continue
+            try:
+                matchers.append(self.grammars.follow(seqs[j], structured))
+                ready.append(j)
+            except Exception as exc:
+                self.fail(seqs[j], exc)
+        if not ready:
+            return
+        allow_eos = [self._eos_allowed(seqs[j]) for j in ready]
+        masks = self.grammars.masks(matchers, allow_eos, device)
+        for mask, j in zip(masks, ready, strict=True):
+            rows[j].token_mask = mask
 
     def _allowed_token_ids(self, seq: Sequence) -> list[int] | None:
         if not seq.params.prefix_choices:
@@ -212,6 +255,10 @@ class StepRunner:
         # An empty list (nothing continues) is refused at admission (dead_end), and the
         # sampler's `errors` catch it should a banned stop id make it so.
         return allowed_token_ids(self.token_texts, seq.params.prefix_choices, output)
+
+
+def _structured(seq: Sequence) -> StructuredOutput | None:
+    return seq.params.structured
 
 
 def _take_rows(values: torch.Tensor, rows: list[int]) -> torch.Tensor:
