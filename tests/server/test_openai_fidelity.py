@@ -230,3 +230,24 @@ def test_admin_json_routes_refuse_form_bodies(server):
     _error(httpx.post(server.url + "/pause", data={"mode": "keep"}))
     paused = httpx.get(server.url + "/is_paused").json()
     assert paused["is_paused"] is False  # refused before anything was paused
+
+
+def test_continuous_usage_stats_put_running_totals_on_every_chunk(oai, model, server):
+    options = {"include_usage": True, "continuous_usage_stats": True}
+    stream = oai.completions.create(
+        model=model, prompt="1+1=", max_tokens=5, stream=True, stream_options=options, **GREEDY
+    )
+    chunks = list(stream)
+    with_text = [c for c in chunks if c.choices]
+    counts = [c.usage.completion_tokens for c in with_text]
+    assert counts == sorted(counts) and counts[-1] == 5
+    assert all(c.usage.prompt_tokens == chunks[-1].usage.prompt_tokens for c in with_text)
+    plain = oai.completions.create(
+        model=model,
+        prompt="1+1=",
+        max_tokens=5,
+        stream=True,
+        stream_options={"include_usage": True},
+        **GREEDY,
+    )
+    assert all(c.usage is None for c in plain if c.choices)

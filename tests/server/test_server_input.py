@@ -523,7 +523,7 @@ def test_a_stream_that_fails_midway_ends_with_an_error_event_and_done() -> None:
         group = RequestGroup(["x"], SamplingParams(), asyncio.get_running_loop(), aborted.append)
         for token in (1, 2):
             group.put(0, RequestOutput("r", None, [5], [CompletionOutput(0, "t", [token], [0.0])]))
-        events = [e async for e in _events(group, to_chunks, View(), include_usage=False)]
+        events = [e async for e in _events(group, to_chunks, View(), usage_modes=(False, False))]
         assert aborted == [group]  # what was still running is aborted
         return events
 

@@ -128,7 +128,8 @@ def test_lora_load_and_unload(http, weights) -> None:
     reply = http.post("/v1/load_lora_adapter", json=body)
     assert reply.status_code == 200, reply.text
     assert reply.text == "Success: LoRA adapter 'sql-lora' added successfully."
-    assert "sql-lora" in [m["id"] for m in http.get("/v1/models").json()["data"]]
+    cards = {m["id"]: m for m in http.get("/v1/models").json()["data"]}
+    assert cards["sql-lora"]["root"] == body["lora_path"]  # vLLM: the path it was loaded from
     again = http.post("/v1/load_lora_adapter", json=body)
     assert again.status_code == 400 and "already been loaded" in again.json()["error"]["message"]
     assert (

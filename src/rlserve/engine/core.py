@@ -23,6 +23,7 @@ from rlserve.engine.call_args import Prompt, tokenize_prompt
 from rlserve.engine.loading import eos_token_ids, num_kv_blocks
 from rlserve.engine.model_runner import ModelRunner
 from rlserve.engine.output_processor import OutputProcessor
+from rlserve.engine.penalties import prepare as prepare_penalties
 from rlserve.engine.policy import Policy
 from rlserve.engine.prefix_constraint import TokenTexts
 from rlserve.engine.request import Request
@@ -116,6 +117,10 @@ class EngineCore:
         self.policy.check_staleness_args(min_policy_version, max_staleness)
         vocab_size = self.model.config.vocab_size
         text, token_ids = tokenize_prompt(prompt, self.tokenizer, vocab_size)
+        params = prepare_penalties(params, self.tokenizer, vocab_size)
+        truncated = params.truncated_prompt(token_ids, self.max_model_len)
+        if truncated is not token_ids:
+            text, token_ids = None, truncated
         check_fits(token_ids, params, self.max_model_len, self.block_manager)
         check_params(
             params, vocab_size, self.eos_token_ids, self.token_texts, self.config.max_num_seqs

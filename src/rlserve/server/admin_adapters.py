@@ -93,6 +93,8 @@ async def install_adapter(
             return engine.load_lora(target, folder, new_policy=as_policy)
 
         version = await engine_call(state, load, folders=folders)
+        if folders is None:  # a path the client gave; an upload has none to show
+            state.adapter_roots[target] = origin
         if as_policy:
             state.default_adapter = target
         is_default = target == state.current_default_adapter()
@@ -170,5 +172,6 @@ async def unload_adapter_named(state: ServerState, name: str) -> None:
     makes unnamed requests run on the base weights again."""
     async with state.adapter_lock:
         await engine_call(state, lambda e: e.unload_lora(name))
+        state.adapter_roots.pop(name, None)
         if name == state.default_adapter:
             state.default_adapter = None

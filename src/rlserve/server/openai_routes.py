@@ -15,7 +15,7 @@ from rlserve.sampling_params import SamplingParams
 from rlserve.server.accumulate import collect
 from rlserve.server.chat_format import ChatView, render_prompt
 from rlserve.server.completions_format import CompletionView
-from rlserve.server.errors import APIError, error_body, shown
+from rlserve.server.errors import APIError, error_body
 from rlserve.server.http_utils import parse_body, unless_disconnected, wait_accepted
 from rlserve.server.loop_errors import EngineFailure, EngineUnavailable
 from rlserve.server.openai_format import SSE_DONE, SSE_HEADERS, sse
@@ -37,24 +37,31 @@ class _StreamView(Protocol):
     def usage_chunk(self) -> dict[str, Any]: ...
 
 
-def _include_usage(req: OpenAIFields) -> bool:
-    return bool(req.stream_options and req.stream_options.include_usage)
+def _usage_modes(req: OpenAIFields) -> tuple[bool, bool]:
+    """(a final usage chunk, usage on every chunk): `stream_options` as vLLM reads it."""
+    options = req.stream_options
+    include = bool(options and options.include_usage)
+    return include, include and bool(options and options.continuous_usage_stats)
 
 
 async def _events(
     group: RequestGroup,
     to_chunks: Any,
     view: _StreamView,
-    include_usage: bool,
+    usage_modes: tuple[bool, bool],
     opening: list[dict[str, Any]] | None = None,
 ) -> AsyncIterator[str]:
     """SSE body: opening chunks, one chunk per delta, usage, `[DONE]`. Leaving early
-    (client disconnect cancels this generator) aborts the group and frees its KV."""
+    (client disconnect cancels this generator) aborts the group and frees its KV.
+    With continuous usage every chunk carries the totals so far."""
+    include_usage, continuous = usage_modes
     try:
         for chunk in opening or []:
             yield sse(chunk)
         async for index, delta in group:
             for chunk in to_chunks(index, delta):
+                if continuous:
+                    chunk = {**chunk, "usage": view.usage_chunk()["usage"]}
                 yield sse(chunk)
         if include_usage:
             yield sse(view.usage_chunk())
@@ -77,7 +84,11 @@ def _stream(body: AsyncIterator[str]) -> StreamingResponse:
 
 
 def model_cards(state: ServerState) -> list[dict[str, Any]]:
-    """The base model, then one card per LoRA adapter (vLLM lists adapters the same way)."""
+    """The base model, then one card per LoRA adapter, as vLLM's `show_available_models`
+    (`serving_models.py`) lists them: an adapter's `root` is the path it was loaded from
+    (its name when that is unknown) and its `parent` the base model's id. vLLM leaves an
+    adapter's `max_model_len` null; rlserve sends the base model's, the context an
+    adapter shares."""
     card = {
         "id": state.model_name,
         "object": "model",
@@ -87,7 +98,10 @@ def model_cards(state: ServerState) -> list[dict[str, Any]]:
         "parent": None,
         "max_model_len": state.max_model_len,
     }
-    adapters = [{**card, "id": name, "parent": state.model_name} for name in state.adapters()]
+    adapters = [
+        {**card, "id": name, "root": state.adapter_roots.get(name, name), "parent": card["id"]}
+        for name in state.adapters()
+    ]
     return [card, *adapters]
 
 
@@ -136,9 +150,6 @@ def completion_params(state: ServerState, req: CompletionRequest) -> SamplingPar
 
 def chat_params(state: ServerState, req: ChatCompletionRequest) -> SamplingParams:
     check_stream_options(req)
-    response_format = (req.response_format or {}).get("type", "text")
-    if response_format != "text":
-        raise APIError(400, f"response_format {shown(response_format)} is not supported")
     if req.top_logprobs and not req.logprobs:
         raise APIError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
     return build_params(
@@ -194,7 +205,7 @@ async def create_completion(state: ServerState, request: Request) -> Response:
     await wait_accepted(group, PARAM_FIELDS)
     view = CompletionView(req, state, prompts, new_id("cmpl"))
     if req.stream:
-        return _stream(_events(group, view.chunks, view, _include_usage(req)))
+        return _stream(_events(group, view.chunks, view, _usage_modes(req)))
     results = await unless_disconnected(request, group, collect(group))
     return JSONResponse(view.response(results))
 
@@ -218,7 +229,7 @@ async def create_chat_completion(state: ServerState, request: Request) -> Respon
             return view.chunks(delta)
 
         opening = view.role_chunks(req.n)
-        return _stream(_events(group, to_chunks, view, _include_usage(req), opening))
+        return _stream(_events(group, to_chunks, view, _usage_modes(req), opening))
     results = await unless_disconnected(request, group, collect(group))
     return JSONResponse(view.response(results[0]))
 

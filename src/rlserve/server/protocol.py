@@ -41,18 +41,28 @@ class SamplingFields(_Body):
     seed: Int64 | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
-    prompt_logprobs: Int64 | None = None
-    # Known but unsupported: accepted only at their neutral values.
+    prompt_logprobs: Int64 | None = None  # -1: the whole vocabulary (vLLM)
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     repetition_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[str, float] | None = None  # token id (a string, as JSON keys are) -> bias
+    allowed_token_ids: list[Int64] | None = None
+    bad_words: list[str] | None = None
+    truncate_prompt_tokens: Int64 | None = None
+    # Known but unsupported: accepted only at their neutral values.
     best_of: Int64 | None = None
     use_beam_search: bool = False
 
 
 class OpenAIFields(SamplingFields):
     model: str | None = None
+    # Structured outputs (server/structured_outputs.py reads them): OpenAI's and vLLM's.
+    response_format: dict[str, Any] | None = None
+    structured_outputs: dict[str, Any] | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
@@ -82,7 +92,6 @@ class ChatCompletionRequest(OpenAIFields):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
-    response_format: dict[str, Any] | None = None
     echo: bool = False
     add_generation_prompt: bool = True
     continue_final_message: bool = False

@@ -1,7 +1,11 @@
-"""rlserve's RL endpoint `POST /generate` (seed 002's request and response fields)."""
+"""rlserve's RL endpoint `POST /generate`: seed 002's request and response fields, or
+SGLang's native body and reply (`sglang_generate.py`, which states how the two are told
+apart: SGLang's keys such as `text` / `sampling_params` / `return_logprob`, and no
+`prompt`)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -11,11 +15,20 @@ from fastapi.responses import JSONResponse, Response
 from rlserve.outputs import CompletionOutput, RequestOutput
 from rlserve.server.accumulate import collect
 from rlserve.server.errors import APIError
-from rlserve.server.http_utils import parse_body, unless_disconnected, wait_accepted
+from rlserve.server.http_utils import (
+    check_json_content_type,
+    decode_json,
+    read_body,
+    unless_disconnected,
+    wait_accepted,
+)
 from rlserve.server.logprob_format import clamp
 from rlserve.server.prompt_input import request_prompts, tokenize_prompts
 from rlserve.server.protocol import GenerateRequest
 from rlserve.server.sampling import SAMPLING_FIELD_NAMES, build_params, fit_context
+from rlserve.server.sglang_generate import sglang_generate
+from rlserve.server.sglang_request import is_sglang_body
+from rlserve.server.sglang_request import validated as validated_body
 from rlserve.server.state import ServerState, new_id, post_routes
 
 if TYPE_CHECKING:
@@ -75,10 +88,30 @@ def _items(results: list[RequestOutput], many: bool, with_top: bool) -> list[dic
     return items
 
 
+_PARSE_INLINE_BYTES = 256 * 1024  # decoding more would hold the event loop for milliseconds
+
+
+async def json_object(request: Request, limit: int) -> dict[str, Any]:
+    """The body as a JSON object (strict JSON, at most `limit` bytes); 400 otherwise."""
+    check_json_content_type(request)
+    raw = await read_body(request, limit)
+    if len(raw) > _PARSE_INLINE_BYTES:
+        data = await asyncio.to_thread(decode_json, raw)
+    else:
+        data = decode_json(raw)
+    if not isinstance(data, dict):
+        raise APIError(400, "the request body must be a JSON object")
+    return data
+
+
 async def generate(state: ServerState, request: Request) -> Response:
-    """`POST /generate`: seed 002's response, or `results` for a list of prompts / n > 1."""
+    """`POST /generate`: SGLang's reply to SGLang's body; else seed 002's response, or
+    `results` for a list of prompts / n > 1."""
     start = time.perf_counter()
-    req = await parse_body(request, GenerateRequest, state.config.max_request_bytes)
+    body = await json_object(request, state.config.max_request_bytes)
+    if is_sglang_body(body):
+        return await sglang_generate(state, request, body, start)
+    req: GenerateRequest = validated_body(GenerateRequest, body)
     lora_name = state.resolve_model(req.model)
     prompts, grouped = rl_prompts(req)
     k = top_logprobs_k(req)

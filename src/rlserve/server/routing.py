@@ -90,6 +90,7 @@ class Routes:
                 request_id is None
                 or request_id in (engine_id, group.request_id)
                 or engine_id.startswith(f"{request_id}-")
+                or (group.request_id or "").startswith(f"{request_id}_")  # SGLang's rid_0, ...
             ):
                 count += bool(self.engine.abort(engine_id, reason=reason))
         return count

@@ -6,7 +6,8 @@
   update waits for running requests). Checked before anything pauses, as every update.
 - `/pause_generation` `mode`: "abort" -> "abort"; "in_place" -> "keep"; "retract" -> "keep",
   and `/continue_generation` recomputes the frozen requests' KV (SGLang re-prefills them).
-- `weight_version` is SGLang's free-form label ("default" until set); rlserve's integer
+- `weight_version` is SGLang's free-form label ("default" until set), kept in
+  `ServerState.weight_version` so that `/generate` replies carry it; rlserve's integer
   `policy_version` advances on every update as always and is added to each reply.
 Replies are SGLang's; a refusal is rlserve's error JSON plus SGLang's `success`/`message`.
 """
@@ -36,9 +37,9 @@ SGLANG_PAUSE_MODES = {
 
 @dataclass
 class SGLangControl:
-    """What the SGLang dialect remembers between calls."""
+    """What the SGLang dialect remembers between calls (the weight-version label lives in
+    `ServerState`, which `/generate` reads)."""
 
-    weight_version: str = "default"
     retracted: bool = False  # the pause was "retract": continue recomputes the KV
 
 
@@ -56,7 +57,7 @@ def label(value: Any, param: str) -> str | None:
     return text
 
 
-async def update_from_disk_route(state: ServerState, control: SGLangControl, body: dict) -> dict:
+async def update_from_disk_route(state: ServerState, body: dict) -> dict:
     weight_version = label(body.get("weight_version"), "weight_version")
     aborting = as_bool(body.get("abort_all_requests", False), "abort_all_requests")
     flush = as_bool(body.get("flush_cache", True), "flush_cache")
@@ -68,14 +69,14 @@ async def update_from_disk_route(state: ServerState, control: SGLangControl, bod
         await engine_call(state, lambda e: e.reset_prefix_cache())
     message = "Succeeded to update model weights."
     if weight_version is not None:
-        control.weight_version = weight_version
+        state.set_weight_version(weight_version, version)
         message += f" Weight version updated to {weight_version}."
     return {
         "success": True,
         "message": message,
         "num_paused_requests": 0,
         "policy_version": version,
-        "weight_version": control.weight_version,
+        "weight_version": state.weight_version,
         "dtype_cast": update.cast_report(),
     }
 
@@ -88,22 +89,22 @@ def pause_mode(body: dict) -> str:
     return mode
 
 
-def model_info(state: ServerState, control: SGLangControl) -> dict[str, Any]:
+def model_info(state: ServerState) -> dict[str, Any]:
     return {
         "model_path": state.model_path,
         "tokenizer_path": state.model_path,
         "is_generation": True,
         "preferred_sampling_params": None,
-        "weight_version": control.weight_version,
+        "weight_version": state.weight_version,
         "served_model_name": state.model_name,
         "policy_version": state.policy_version,
     }
 
 
-def server_info(state: ServerState, control: SGLangControl, version: str) -> dict[str, Any]:
+def server_info(state: ServerState, version: str) -> dict[str, Any]:
     engine_config = state.loop.engine.config
     return {
-        **model_info(state, control),
+        **model_info(state),
         "context_length": state.max_model_len,
         "max_running_requests": engine_config.max_num_seqs,
         "page_size": engine_config.block_size,
@@ -123,7 +124,7 @@ def sglang_router(state: ServerState) -> APIRouter:
     async def update_weights_from_disk(request: Request) -> JSONResponse:
         try:
             body = await json_body(request, limit)
-            return JSONResponse(await update_from_disk_route(state, control, body))
+            return JSONResponse(await update_from_disk_route(state, body))
         except APIError as exc:
             return refusal(exc)
 
@@ -165,15 +166,15 @@ def sglang_router(state: ServerState) -> APIRouter:
 
     @router.get("/get_model_info")
     async def get_model_info() -> JSONResponse:
-        return JSONResponse(model_info(state, control))
+        return JSONResponse(model_info(state))
 
     @router.get("/get_server_info")
     async def get_server_info(request: Request) -> JSONResponse:
-        return JSONResponse(server_info(state, control, request.app.version))
+        return JSONResponse(server_info(state, request.app.version))
 
     @router.get("/get_weight_version")
     async def get_weight_version() -> JSONResponse:
-        return JSONResponse({"weight_version": control.weight_version})
+        return JSONResponse({"weight_version": state.weight_version})
 
     @router.post("/update_weight_version")
     async def update_weight_version(request: Request) -> JSONResponse:
@@ -186,7 +187,7 @@ def sglang_router(state: ServerState) -> APIRouter:
                 await state.loop.abort_requests(None)
         except APIError as exc:
             return refusal(exc)
-        control.weight_version = new
+        state.set_weight_version(new)
         message = f"Weight version updated to {new}"
         return JSONResponse({"success": True, "message": message, "new_version": new})
 

@@ -19,6 +19,8 @@ from rlserve.server.logprob_format import TokenRenderer
 from rlserve.server.metrics import ServerMetrics
 from rlserve.server.safetensors_body import ReceiveBuffer
 
+MAX_VERSION_LABELS = 4096  # labels remembered for per-token spans (older ones: "default")
+
 
 @dataclass
 class ServerState:
@@ -42,10 +44,31 @@ class ServerState:
     receive_buffer: ReceiveBuffer = field(default_factory=ReceiveBuffer)
     adapter_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     special_tokens: tuple[str, ...] = ()  # the tokenizer's special-token texts
+    weight_version: str = "default"  # SGLang's free-form weight-version label
+    # (first policy version, label): the label tokens of each policy version carry.
+    version_labels: list[tuple[int, str]] = field(default_factory=list)
+    adapter_roots: dict[str, str] = field(default_factory=dict)  # adapter -> path given
 
     def __post_init__(self) -> None:
         self.created = self.created or int(time.time())
         self.special_tokens = special_token_texts(self.tokenizer)
+        if self.config.adapter_path and self.default_adapter:
+            self.adapter_roots[self.default_adapter] = self.config.adapter_path
+
+    def set_weight_version(self, label: str, policy_version: int | None = None) -> None:
+        """Make `label` SGLang's weight version, carried by the tokens of `policy_version`
+        (default: the current one) and later ones, until the next label."""
+        start = self.policy_version if policy_version is None else policy_version
+        kept = [entry for entry in self.version_labels if entry[0] < start]
+        self.version_labels = [*kept[-(MAX_VERSION_LABELS - 1) :], (start, label)]
+        self.weight_version = label
+
+    def label_of(self, policy_version: int) -> str:
+        """The weight-version label of tokens made by `policy_version`'s weights."""
+        for start, label in reversed(self.version_labels):
+            if start <= policy_version:
+                return label
+        return "default"
 
     def adapters(self) -> list[str]:
         """Names of the LoRA adapters the engine holds (each served as a model id)."""
