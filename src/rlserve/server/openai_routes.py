@@ -15,14 +15,14 @@ from rlserve.sampling_params import SamplingParams
 from rlserve.server.accumulate import collect
 from rlserve.server.chat_format import ChatView, render_prompt
 from rlserve.server.completions_format import CompletionView
-from rlserve.server.errors import APIError, error_body
+from rlserve.server.errors import APIError
 from rlserve.server.http_utils import parse_body, unless_disconnected, wait_accepted
-from rlserve.server.loop_errors import EngineFailure, EngineUnavailable
-from rlserve.server.openai_format import SSE_DONE, SSE_HEADERS, sse
+from rlserve.server.openai_format import SSE_HEADERS
 from rlserve.server.prompt_input import request_prompts, tokenize_prompts
 from rlserve.server.protocol import ChatCompletionRequest, CompletionRequest, OpenAIFields
 from rlserve.server.request_group import RequestGroup
 from rlserve.server.sampling import SAMPLING_FIELD_NAMES, build_params, fit_context
+from rlserve.server.sse_stream import sse_stream
 from rlserve.server.state import ServerState, new_id, post_routes
 from rlserve.server.tool_calls import ToolCallFormat, prompt_opens_thinking
 from rlserve.tools import forced_call_prefixes
@@ -44,7 +44,7 @@ def _usage_modes(req: OpenAIFields) -> tuple[bool, bool]:
     return include, include and bool(options and options.continuous_usage_stats)
 
 
-async def _events(
+def _events(
     group: RequestGroup,
     to_chunks: Any,
     view: _StreamView,
@@ -55,28 +55,19 @@ async def _events(
     (client disconnect cancels this generator) aborts the group and frees its KV.
     With continuous usage every chunk carries the totals so far."""
     include_usage, continuous = usage_modes
-    try:
+
+    async def chunks() -> AsyncIterator[dict[str, Any]]:
         for chunk in opening or []:
-            yield sse(chunk)
+            yield chunk
         async for index, delta in group:
             for chunk in to_chunks(index, delta):
                 if continuous:
                     chunk = {**chunk, "usage": view.usage_chunk()["usage"]}
-                yield sse(chunk)
+                yield chunk
         if include_usage:
-            yield sse(view.usage_chunk())
-        yield SSE_DONE
-    except (EngineFailure, EngineUnavailable) as exc:
-        status = 503 if isinstance(exc, EngineUnavailable) else 500
-        yield sse(error_body(status, str(exc), code=status))
-        yield SSE_DONE
-    except Exception as exc:  # a bug formatting a chunk: the client still gets an end
-        log.exception("stream failed")
-        message = f"internal server error ({type(exc).__name__})"
-        yield sse(error_body(500, message, code=500))
-        yield SSE_DONE
-    finally:
-        group.abort()
+            yield view.usage_chunk()
+
+    return sse_stream(chunks(), group.abort)
 
 
 def _stream(body: AsyncIterator[str]) -> StreamingResponse:

@@ -35,10 +35,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from rlserve.outputs import RequestOutput
 from rlserve.sampling_params import SamplingParams
 from rlserve.server.accumulate import new_results
-from rlserve.server.errors import APIError, error_body
+from rlserve.server.errors import APIError
 from rlserve.server.http_utils import unless_disconnected, wait_accepted
-from rlserve.server.loop_errors import EngineFailure, EngineUnavailable
-from rlserve.server.openai_format import SSE_DONE, SSE_HEADERS, sse
+from rlserve.server.openai_format import SSE_HEADERS
 from rlserve.server.prompt_input import tokenize_prompts
 from rlserve.server.protocol import SamplingFields
 from rlserve.server.request_group import RequestGroup
@@ -46,6 +45,7 @@ from rlserve.server.sampling import SAMPLING_FIELD_NAMES, build_params, fit_cont
 from rlserve.server.sglang_reply import ReplyContext, sample_reply
 from rlserve.server.sglang_request import SGLANG_NAMES, SGLangBody, SGLangItem, sglang_items
 from rlserve.server.sglang_request import validated as validated_body
+from rlserve.server.sse_stream import sse_stream
 from rlserve.server.state import ServerState
 
 log = logging.getLogger(__name__)
@@ -190,7 +190,7 @@ def sample_ids(items: list[SGLangItem], n: int) -> list[list[str]]:
     return [[uuid.uuid4().hex for _ in range(n)] for _ in items]
 
 
-async def stream_events(
+def stream_events(
     ctx: ReplyContext,
     items: list[SGLangItem],
     groups: list[RequestGroup],
@@ -200,7 +200,8 @@ async def stream_events(
     """The SSE body; leaving early (a client disconnect) aborts every group."""
     n = groups[0].params.n
     totals = [new_results(1, n)[0] for _ in groups]
-    try:
+
+    async def chunks() -> AsyncIterator[dict[str, Any]]:
         async for i, delta in merged(groups):
             totals[i].merge(delta)
             for progressed in delta.outputs:
@@ -211,18 +212,9 @@ async def stream_events(
                 )
                 if indexed:
                     reply["index"] = i * n + sample.index
-                yield sse(reply)
-        yield SSE_DONE
-    except (EngineFailure, EngineUnavailable) as exc:
-        status = 503 if isinstance(exc, EngineUnavailable) else 500
-        yield sse(error_body(status, str(exc), code=status))
-        yield SSE_DONE
-    except Exception as exc:  # a bug formatting a chunk: the client still gets an end
-        log.exception("SGLang stream failed")
-        yield sse(error_body(500, f"internal server error ({type(exc).__name__})", code=500))
-        yield SSE_DONE
-    finally:
-        GroupSet(groups).abort()
+                yield reply
+
+    return sse_stream(chunks(), GroupSet(groups).abort)
 
 
 async def sglang_generate(

@@ -111,7 +111,10 @@ class SGLangSampling(_Strict):
 
 
 class SGLangBody(_Strict):
-    """The top level of SGLang's `/generate` body."""
+    """The top level of SGLang's `/generate` body. Other keys are kept (`model_extra`) so
+    that `check_supported` can refuse the inputs rlserve cannot honour by name."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     text: str | list[str] | None = None
     input_ids: list[Int64] | list[list[Int64]] | None = None
@@ -124,18 +127,6 @@ class SGLangBody(_Strict):
     stream: bool = False
     rid: str | list[str] | None = None
     lora_path: str | list[str | None] | None = None
-    input_embeds: Any = None
-    token_ids_logprob: Any = None
-    return_hidden_states: Any = False
-    return_routed_experts: Any = False
-    return_indexer_topk: Any = False
-    return_entropy: Any = False
-    return_sampling_mask: Any = None
-    custom_logit_processor: Any = None
-    session_params: Any = None
-    image_data: Any = None
-    video_data: Any = None
-    audio_data: Any = None
 
 
 @dataclass
@@ -175,11 +166,12 @@ def _has_media(value: Any) -> bool:
 
 def check_supported(body: SGLangBody) -> None:
     """400 for inputs rlserve cannot honour (given at a non-neutral value)."""
+    extra = body.model_extra or {}
     for name in _UNSUPPORTED_FLAGS:
-        if getattr(body, name) not in (None, False, [], {}, ""):
+        if extra.get(name) not in (None, False, [], {}, ""):
             raise APIError(400, f"{name} is not supported by rlserve's /generate", name)
     for name in _MEDIA:
-        if _has_media(getattr(body, name)):
+        if _has_media(extra.get(name)):
             raise APIError(400, f"{name}: rlserve serves text-only models", name)
 
 

@@ -133,10 +133,7 @@ def sglang_router(state: ServerState) -> APIRouter:
         mode = pause_mode(await json_body(request, limit))
         await state.loop.pause(SGLANG_PAUSE_MODES[mode])
         control.retracted = mode == "retract"
-        reply = {"message": "Generation paused successfully.", "status": "ok"}
-        return JSONResponse(
-            {**reply, "paused": state.paused, "policy_version": state.policy_version}
-        )
+        return _status_reply(state, "Generation paused successfully.")
 
     @router.post("/continue_generation")
     async def continue_generation(request: Request) -> JSONResponse:
@@ -144,10 +141,7 @@ def sglang_router(state: ServerState) -> APIRouter:
         as_bool(body.get("torch_empty_cache", True), "torch_empty_cache")  # nothing to empty
         await state.loop.resume(recompute_kv=control.retracted)
         control.retracted = False
-        reply = {"message": "Generation continued successfully.", "status": "ok"}
-        return JSONResponse(
-            {**reply, "paused": state.paused, "policy_version": state.policy_version}
-        )
+        return _status_reply(state, "Generation continued successfully.")
 
     @router.post("/abort_request")
     async def abort_request(request: Request) -> JSONResponse:
@@ -192,3 +186,15 @@ def sglang_router(state: ServerState) -> APIRouter:
         return JSONResponse({"success": True, "message": message, "new_version": new})
 
     return router
+
+
+def _status_reply(state: ServerState, message: str) -> JSONResponse:
+    """SGLang's `{message, status}` reply, plus rlserve's pause mode and policy version."""
+    return JSONResponse(
+        {
+            "message": message,
+            "status": "ok",
+            "paused": state.paused,
+            "policy_version": state.policy_version,
+        }
+    )
