@@ -21,6 +21,7 @@ from rlserve.engine.admission import check_fits, check_params
 from rlserve.engine.block_manager import BlockManager
 from rlserve.engine.call_args import Prompt, tokenize_prompt
 from rlserve.engine.loading import eos_token_ids, num_kv_blocks
+from rlserve.engine.memory import pause_in_force
 from rlserve.engine.model_runner import ModelRunner
 from rlserve.engine.output_processor import OutputProcessor
 from rlserve.engine.penalties import prepare as prepare_penalties
@@ -29,7 +30,7 @@ from rlserve.engine.prefix_constraint import TokenTexts
 from rlserve.engine.request import Request
 from rlserve.engine.scheduler import Scheduler
 from rlserve.engine.sequence import Sequence
-from rlserve.engine.step import StepRunner
+from rlserve.engine.step import COUNTERS, StepRunner
 from rlserve.models.loader import WeightSource, load_model, read_config, update_weights
 from rlserve.models.lora import LoRAAdapter, load_adapter
 from rlserve.outputs import RequestOutput
@@ -37,14 +38,6 @@ from rlserve.pause_mode import PauseMode
 from rlserve.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
-
-COUNTERS = (
-    "prompt_tokens_total",
-    "prompt_tokens_computed",
-    "generated_tokens",
-    "requests_finished",
-    "steps",
-)
 
 
 class EngineCore:
@@ -143,7 +136,7 @@ class EngineCore:
         A request whose own processing fails here is aborted alone: its last delta has
         finish_reason "abort" and `error` set; the rest of the batch goes on."""
         progressed: list[Sequence] = []
-        paused = self.policy.paused
+        paused = pause_in_force(self)
         if paused in (None, PauseMode.WAIT):  # "wait" drains: running requests go on
             batch = self.scheduler.schedule(admit=paused is None)
             if batch:
@@ -207,8 +200,9 @@ class EngineCore:
 
     @property
     def paused(self) -> PauseMode | None:
-        """None while generating, else the pause mode in force (it equals its string)."""
-        return self.policy.paused
+        """None while generating, else the pause mode in force (it equals its string);
+        "keep" while memory is released (engine/memory.py)."""
+        return pause_in_force(self)
 
     def check_version(self, version: int | None) -> int:
         """The version an update to `version` would set: see `Policy.check_version`."""

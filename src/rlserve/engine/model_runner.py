@@ -49,11 +49,35 @@ class ModelRunner:
         self.max_group_pages = (
             CPU_MAX_GROUP_KV_BYTES // page_bytes if device.type == "cpu" else None
         )
+        self._kv_shape, self._kv_dtype = shape, dtype
+        self.allocate_kv_cache()
+
+    def allocate_kv_cache(self) -> None:
+        """(Re-)allocate every layer's K and V cache tensors, zeroed."""
         # zeros, not empty: padded pages are masked out of attention, but a NaN left in
         # uninitialised memory would still poison the weighted sum (0 * NaN = NaN).
-        for layer in model.layers:
+        shape, dtype, device = self._kv_shape, self._kv_dtype, self.device
+        for layer in self.model.layers:
             layer.self_attn.k_cache = torch.zeros(shape, dtype=dtype, device=device)
             layer.self_attn.v_cache = torch.zeros(shape, dtype=dtype, device=device)
+
+    def free_kv_cache(self) -> int:
+        """Drop every layer's K and V cache tensors (empty ones take their place); returns
+        the bytes they held. Nothing may run until `allocate_kv_cache()`."""
+        freed = self.kv_cache_bytes
+        for layer in self.model.layers:
+            layer.self_attn.k_cache = torch.empty(0, dtype=self._kv_dtype, device=self.device)
+            layer.self_attn.v_cache = torch.empty(0, dtype=self._kv_dtype, device=self.device)
+        return freed
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        """Bytes the K and V cache tensors hold now (0 while freed)."""
+        return sum(
+            t.untyped_storage().nbytes()
+            for layer in self.model.layers
+            for t in (layer.self_attn.k_cache, layer.self_attn.v_cache)
+        )
 
     @staticmethod
     def kv_bytes_per_block(model: LlamaModel, block_size: int, dtype: torch.dtype) -> int:

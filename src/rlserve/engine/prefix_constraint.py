@@ -2,7 +2,8 @@
 
 Until the output has become one of the choices, only tokens that keep it on the way to
 some choice may be sampled; after that, sampling is free. The server builds its
-`tool_choice="required"` and named-function modes on this.
+`tool_choice="required"` and named-function modes on this for the tool-call formats whose
+arguments are not JSON (xml, pythonic, qwen3_coder); the JSON formats get a grammar.
 
 Matching is on bytes, not decoded text: a byte-level BPE vocabulary (Llama 3, Qwen) spells
 a character outside ASCII with several one-byte tokens, each of which decodes alone to

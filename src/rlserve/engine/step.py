@@ -27,6 +27,16 @@ from rlserve.engine.structured import GrammarCompiler, GrammarMatcher, Structure
 Fail = Callable[[Sequence, Exception], None]
 
 
+# The counters EngineCore.stats() reports; the step and the core bump them.
+COUNTERS = (
+    "prompt_tokens_total",
+    "prompt_tokens_computed",
+    "generated_tokens",
+    "requests_finished",
+    "steps",
+)
+
+
 class StepRunner:
     """Runs scheduled batches for `EngineCore.step`; shares the core's components."""
 

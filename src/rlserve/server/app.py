@@ -15,6 +15,7 @@ from rlserve.server.config import ServerConfig
 from rlserve.server.engine_loop import EngineLoop
 from rlserve.server.errors import install_error_handlers
 from rlserve.server.logprob_format import TokenRenderer
+from rlserve.server.memory_routes import memory_router
 from rlserve.server.metrics import MetricsMiddleware, ServerMetrics
 from rlserve.server.openai_routes import openai_router
 from rlserve.server.ops_routes import ops_router
@@ -89,5 +90,6 @@ def create_app(
     app.include_router(admin_router(state))
     app.include_router(sglang_router(state))
     app.include_router(vllm_router(state))
+    app.include_router(memory_router(state))
     app.include_router(ops_router(state))
     return app

@@ -10,6 +10,8 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from rlserve.engine import memory
+
 if TYPE_CHECKING:
     from rlserve.engine.core import EngineCore
 
@@ -39,4 +41,9 @@ class PublishedStats:
 
     def _engine_state(self) -> dict[str, Any]:
         engine = self.engine
-        return {**engine.stats(), "paused": engine.paused, "adapters": sorted(engine.adapters)}
+        return {
+            **engine.stats(),
+            "paused": engine.paused,
+            "adapters": sorted(engine.adapters),
+            "memory_released": list(memory.released_tags(engine)),
+        }

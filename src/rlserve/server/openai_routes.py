@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any, Protocol
 
 from fastapi import APIRouter, Request
@@ -24,8 +23,7 @@ from rlserve.server.request_group import RequestGroup
 from rlserve.server.sampling import SAMPLING_FIELD_NAMES, build_params, fit_context
 from rlserve.server.sse_stream import sse_stream
 from rlserve.server.state import ServerState, new_id, post_routes
-from rlserve.server.tool_calls import ToolCallFormat, prompt_opens_thinking
-from rlserve.tools import forced_call_prefixes
+from rlserve.server.tool_calls import ToolCallFormat, force_tool_choice, prompt_opens_thinking
 
 PARAM_FIELDS = SAMPLING_FIELD_NAMES | {"prompt", "messages"}
 COMPLETIONS_MAX_TOKENS = 16  # OpenAI's and vLLM's default for /v1/completions
@@ -152,25 +150,6 @@ def chat_params(state: ServerState, req: ChatCompletionRequest) -> SamplingParam
     )
 
 
-def forced_calls(state: ServerState, req: ChatCompletionRequest, prompt_text: str) -> list[str]:
-    """`prefix_choices` for `tool_choice` "required" or a named function (400 if impossible)."""
-    parser = state.config.tool_call_parser
-    try:
-        prefixes = forced_call_prefixes(
-            req.tool_choice,
-            req.tools,
-            parser or "hermes",
-            think_open=prompt_opens_thinking(prompt_text),
-        )
-    except ValueError as exc:
-        raise APIError(400, str(exc), param="tool_choice") from exc
-    if prefixes and not parser:
-        raise APIError(
-            400, "tool_choice needs a server started with --tool-call-parser", param="tool_choice"
-        )
-    return prefixes
-
-
 def tool_format(
     state: ServerState, req: ChatCompletionRequest, prompt_text: str
 ) -> ToolCallFormat | None:
@@ -209,7 +188,9 @@ async def create_chat_completion(state: ServerState, request: Request) -> Respon
     state.loop.check_admissible(params.n)
     prompt_text, prompt_ids = await render_prompt(state, req)
     params = fit_context(params, [prompt_ids], state.max_model_len, requested_length(req)[0])
-    params = replace(params, prefix_choices=forced_calls(state, req, prompt_text))
+    think_open = prompt_opens_thinking(prompt_text)
+    parser = state.config.tool_call_parser
+    params = force_tool_choice(params, req, parser, think_open, state.tokenizer)
     tools = tool_format(state, req, prompt_text)
     group = state.loop.submit([prompt_ids], params, lora_name)
     await wait_accepted(group, PARAM_FIELDS)

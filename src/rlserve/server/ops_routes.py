@@ -89,6 +89,7 @@ def ops_router(state: ServerState) -> APIRouter:
             "status": "healthy" if healthy else unhealthy,
             "model_loaded": True,
             "policy_version": state.policy_version,
+            "memory_released": state.loop.stats().get("memory_released", []),
         }
         return JSONResponse(body, status_code=200 if healthy else 503)
 

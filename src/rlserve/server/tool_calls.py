@@ -7,12 +7,25 @@ so training data is the same with or without parsing.
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import replace
+from functools import lru_cache
 from typing import Any
 
+from rlserve._checks import ParamError
+from rlserve.engine.structured import StructuredOutput, check_structured
+from rlserve.sampling_params import SamplingParams
 from rlserve.server.errors import APIError
 from rlserve.tools import StreamingToolParser, parse_tool_calls, validate_tools
+from rlserve.tools.choice import (
+    added_token_texts,
+    forced_call_grammar,
+    forced_call_prefixes,
+    forced_tool_names,
+)
 from rlserve.tools.parsers import ToolIndex
 from rlserve.tools.parsers.reasoning import THINK_OPEN
+
+_MAX_GRAMMAR_ERROR = 400  # llguidance quotes the grammar in its errors
 
 
 def prompt_opens_thinking(prompt_text: str) -> bool:
@@ -23,6 +36,62 @@ def prompt_opens_thinking(prompt_text: str) -> bool:
 def finish_reason(reason: str | None, made_calls: bool) -> str | None:
     """OpenAI reports "tool_calls" when the model stopped after calling tools."""
     return "tool_calls" if made_calls and reason == "stop" else reason
+
+
+def force_tool_choice(
+    params: SamplingParams,
+    request: Any,
+    parser: str | None,
+    think_open: bool,
+    tokenizer: Any,
+) -> SamplingParams:
+    """`params` forcing the call a chat request's `tool_choice` asks for (400 naming
+    `tool_choice` or `tools` if impossible). Where the parser's arguments are JSON the
+    whole call is a grammar (the tool's `parameters` constrain the arguments) that
+    replaces any `response_format` constraint, as vLLM's tool schema does; for the other
+    formats only the call's opening is forced (`prefix_choices`)."""
+    choice, tools = request.tool_choice, request.tools
+    try:
+        if not forced_tool_names(choice, tools):
+            return params
+    except ValueError as exc:
+        raise APIError(400, str(exc), param="tool_choice") from exc
+    if not parser:
+        raise APIError(
+            400, "tool_choice needs a server started with --tool-call-parser", param="tool_choice"
+        )
+    grammar = forced_call_grammar(
+        choice,
+        tools,
+        parser,
+        think_open=think_open,
+        token_texts=_added_tokens(tokenizer),
+        parallel_tool_calls=request.parallel_tool_calls,
+    )
+    if grammar is None:
+        prefixes = forced_call_prefixes(choice, tools, parser, think_open=think_open)
+        return replace(params, prefix_choices=prefixes)
+    return replace(
+        params, structured=_checked(StructuredOutput(grammar=grammar)), prefix_choices=[]
+    )
+
+
+def _checked(structured: StructuredOutput) -> StructuredOutput:
+    try:
+        check_structured(structured)
+    except ParamError as exc:
+        reason = str(exc).removeprefix("structured: invalid grammar: ")[:_MAX_GRAMMAR_ERROR]
+        raise APIError(
+            400,
+            f"the parameters of a forced tool are not a usable JSON schema: {reason}",
+            param="tools",
+        ) from exc
+    return structured
+
+
+@lru_cache(maxsize=8)
+def _added_tokens(tokenizer: Any) -> tuple[str, ...]:
+    return added_token_texts(tokenizer)
 
 
 def check_request_tools(tools: Any) -> None:

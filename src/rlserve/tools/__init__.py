@@ -2,7 +2,7 @@
 them for `tool_choice`, write replies and results as OpenAI messages, run them with
 user-supplied executors."""
 
-from rlserve.tools.choice import forced_call_prefixes
+from rlserve.tools.choice import added_token_texts, forced_call_grammar, forced_call_prefixes
 from rlserve.tools.executors import (
     ToolError,
     ToolExecutor,
@@ -39,6 +39,8 @@ __all__ = [
     "batch_generate_with_tools",
     "calls_in_order",
     "execute_calls",
+    "added_token_texts",
+    "forced_call_grammar",
     "forced_call_prefixes",
     "get_parser",
     "parse_tool_calls",
