@@ -253,7 +253,8 @@ def test_tir_run_killed_from_outside_is_an_infra_error(bundled, workdir_root):
 def test_tir_max_turns_and_group_rounds(bundled, sandbox):
     policy = ScriptedPolicy(bundled.tokenizer, after_output(CODE_REPLY))
     group = rollout_batch(policy, [PROBLEM] * 4, max_assistant_turns=3, tir=TIR, sandbox=sandbox)
-    assert policy.rounds == [4, 4, 4]
+    # The endings say why, should a trajectory drop out early (a sandbox_error is infra).
+    assert policy.rounds == [4, 4, 4], [(t.finish_reason, t.error) for t in group]
     for traj in group:
         assert traj.finish_reason == "max_turns" and traj.num_turns == 3
         assert traj.messages[-1]["content"].count("```output") == 2
