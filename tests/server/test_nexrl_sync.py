@@ -11,9 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from rlserve.server import ServerConfig
 from tests.support.checkpoints import build_checkpoint
-from tests.support.servers import RunningServer
+from tests.support.servers import RunningServer, admin_server
 
 ADMIN = "nexrl-admin"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
@@ -38,10 +37,7 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(make_engine, checkpoints, weights: Path):
-    engine = make_engine(checkpoints["qwen3"], num_blocks=64, block_size=8)
-    srv = RunningServer(engine, ServerConfig(admin_key=ADMIN, weights_dir=str(weights)))
-    yield srv
-    srv.close()
+    yield from admin_server(make_engine, checkpoints["qwen3"], weights, ADMIN)
 
 
 def probe(server: RunningServer) -> torch.Tensor:

@@ -11,9 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rlserve.server import ServerConfig
 from tests.support.checkpoints import build_checkpoint
-from tests.support.servers import RunningServer, wait_until
+from tests.support.servers import RunningServer, admin_server, wait_until
 
 ADMIN = "sglang-admin"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
@@ -28,10 +27,7 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(make_engine, checkpoints, weights: Path):
-    engine = make_engine(checkpoints["qwen3"], num_blocks=64, block_size=8)
-    srv = RunningServer(engine, ServerConfig(admin_key=ADMIN, weights_dir=str(weights)))
-    yield srv
-    srv.close()
+    yield from admin_server(make_engine, checkpoints["qwen3"], weights, ADMIN)
 
 
 @pytest.fixture

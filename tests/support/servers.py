@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
@@ -94,3 +94,18 @@ def main_server(make_engine: Callable[..., Any], pytestconfig: Any) -> RunningSe
         return RunningServer(engine, ServerConfig(**MAIN_SERVER_CONFIG))
 
     return shared_server("main", make, pytestconfig)
+
+
+def admin_server(
+    make_engine: Callable[..., Any], checkpoint: str, weights_dir: Any, admin_key: str
+) -> Iterator[RunningServer]:
+    """A module's own server for the admin-route tests: `checkpoint` behind `admin_key`,
+    with `weights_dir` as its --weights-dir (a fixture body: `yield from admin_server(...)`)."""
+    from rlserve.server import ServerConfig
+
+    engine = make_engine(checkpoint, num_blocks=64, block_size=8)
+    running = RunningServer(engine, ServerConfig(admin_key=admin_key, weights_dir=str(weights_dir)))
+    try:
+        yield running
+    finally:
+        running.close()
