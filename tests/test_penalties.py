@@ -11,21 +11,13 @@ from rlserve import SamplingParams
 from rlserve.engine import penalties
 from rlserve.engine.penalties import PenaltyRow, bad_words_token_ids, prepare
 from rlserve.engine.sampler import SamplingRow, noise_seed, sample
+from tests.support.sampling import plain_row
 
 LOGITS = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])
 
 
 def _row(seed: int = 0, **kw) -> SamplingRow:
-    base = dict(
-        temperature=0.0,
-        top_k=-1,
-        top_p=1.0,
-        min_p=0.0,
-        noise_seed=seed,
-        banned_token_ids=[],
-        num_top_logprobs=0,
-    )
-    return SamplingRow(**{**base, **kw})
+    return plain_row(seed, **{"temperature": 0.0, **kw})
 
 
 def _pen(prompt=(), output=(), **kw) -> PenaltyRow:

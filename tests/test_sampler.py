@@ -4,21 +4,13 @@ import torch
 
 from rlserve.engine.sampler import SamplingRow, noise_seed, sample
 from tests.support.numeric import max_abs_diff
+from tests.support.sampling import plain_row
 
 LOGITS = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])
 
 
 def _row(seed: int, **kw) -> SamplingRow:
-    base = dict(
-        temperature=1.0,
-        top_k=-1,
-        top_p=1.0,
-        min_p=0.0,
-        noise_seed=seed,
-        banned_token_ids=[],
-        num_top_logprobs=0,
-    )
-    return SamplingRow(**{**base, **kw})
+    return plain_row(seed, **kw)
 
 
 def _frequencies(draws: int = 6000, **kw) -> torch.Tensor:
