@@ -15,6 +15,8 @@ import torch
 
 from rlserve.engine import penalties
 from rlserve.server import ServerConfig
+from rlserve.server.errors import APIError
+from rlserve.server.sampling import check_logprob_limits
 from tests.support.servers import TEST_MODEL, RunningServer
 
 PROMPT = "What is 12 + 7?"
@@ -159,6 +161,47 @@ def test_logprobs_above_max_logprobs_get_vllms_message(oai, model, main_server_u
     assert "Requested sample logprobs of" in err.value.message
     assert "greater than max allowed: 20" in err.value.message
     assert err.value.body["param"] == "logprobs"
+
+
+@pytest.mark.parametrize("field", ["logprobs", "prompt_logprobs"])
+def test_whole_vocabulary_over_the_limit_names_the_vocabulary_size(field, bundled, main_server_url):
+    """vLLM (`v1/engine/processor.py` `_validate_logprobs`) resolves -1 to the vocabulary
+    size before comparing and names that number."""
+    body = {"prompt": "x", "max_tokens": 1, field: -1}
+    resp = httpx.post(main_server_url + "/v1/completions", json=body, timeout=30)
+    kind = "sample" if field == "logprobs" else "prompt"
+    vocab = bundled.model.config.vocab_size
+    message = f"Requested {kind} logprobs of {vocab}, which is greater than max allowed: 20"
+    assert resp.status_code == 400 and resp.json()["error"]["message"] == message
+
+
+@pytest.mark.parametrize(
+    ("logprobs", "prompt_logprobs", "max_logprobs", "message"),
+    [
+        (-1, None, 20, "Requested sample logprobs of 1000, which is greater than max allowed: 20"),
+        (None, -1, 5, "Requested prompt logprobs of 1000, which is greater than max allowed: 5"),
+        (21, None, 20, "Requested sample logprobs of 21, which is greater than max allowed: 20"),
+        (
+            1001,
+            None,
+            -1,
+            "Requested sample logprobs of 1001, which is greater than max allowed: 1000",
+        ),
+    ],
+)
+def test_logprob_limit_messages_name_the_number_requested(
+    logprobs, prompt_logprobs, max_logprobs, message
+):
+    with pytest.raises(APIError) as err:
+        check_logprob_limits(logprobs, prompt_logprobs, max_logprobs, vocab_size=1000)
+    assert err.value.message == message
+    assert err.value.param == ("logprobs" if logprobs is not None else "prompt_logprobs")
+
+
+def test_logprob_limits_pass_within_the_vocabulary():
+    check_logprob_limits(-1, -1, -1, vocab_size=1000)
+    check_logprob_limits(1000, 20, 1000, vocab_size=1000)
+    check_logprob_limits(-1, None, -1)  # an unlimited server without a vocabulary size
 
 
 @pytest.fixture

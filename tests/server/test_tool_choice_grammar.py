@@ -9,7 +9,14 @@ import openai
 import pytest
 
 from tests.support.calculator import CALCULATOR
-from tests.test_tool_grammar import ASK, WEATHER, WEATHER_SCHEMA, schema_problems
+from tests.test_tool_grammar import (
+    ASK,
+    SWITCH,
+    SWITCH_SCHEMA,
+    WEATHER,
+    WEATHER_SCHEMA,
+    schema_problems,
+)
 
 NAMED_WEATHER = {"type": "function", "function": {"name": "get_weather"}}
 SCHEMAS = {"get_weather": WEATHER_SCHEMA, "calculator": CALCULATOR["function"]["parameters"]}
@@ -90,3 +97,47 @@ def test_a_schema_the_grammar_cannot_hold_is_a_400_naming_tools(oai, model, stre
     assert len(err.value.body["message"]) < 600
     # Not forced, the schema is never compiled: the request goes through.
     create(oai, model, tools=[LOOKAROUND], tool_choice="auto", max_tokens=4)
+
+
+# The formats whose arguments are not JSON, each on a server started with its parser.
+@pytest.fixture(scope="module", params=["xml", "pythonic", "qwen3_coder"])
+def markup_oai(request, make_engine):
+    from rlserve.server import ServerConfig
+    from tests.support.servers import RunningServer
+
+    config = ServerConfig(tool_call_parser=request.param, flush_interval_ms=1.0)
+    running = RunningServer(make_engine(max_num_seqs=8), config)
+    client = openai.OpenAI(base_url=running.url + "/v1", api_key="none", max_retries=0)
+    yield client, client.models.list().data[0].id
+    running.close()
+
+
+def test_markup_formats_named_call_arguments_match_the_schema(markup_oai) -> None:
+    oai, model = markup_oai
+    reply = create(
+        oai, model, tool_choice=NAMED_WEATHER, n=4, temperature=1.0, seed=7, max_tokens=120
+    )
+    for choice in reply.choices:
+        assert_valid_calls(choice, {"get_weather"})
+        assert len(choice.message.tool_calls) == 1
+
+
+def test_markup_formats_required_without_parallel_calls_is_one_call(markup_oai) -> None:
+    oai, model = markup_oai
+    schemas = {**SCHEMAS, "switch": SWITCH_SCHEMA}
+    reply = create(
+        oai,
+        model,
+        tools=[WEATHER, SWITCH],
+        tool_choice="required",
+        parallel_tool_calls=False,
+        n=4,
+        temperature=1.0,
+        seed=3,
+        max_tokens=120,
+    )
+    for choice in reply.choices:
+        assert choice.finish_reason == "tool_calls" and choice.message.content is None
+        (call,) = choice.message.tool_calls
+        arguments = json.loads(call.function.arguments)
+        assert schema_problems(arguments, schemas[call.function.name]) == [], arguments

@@ -1,9 +1,9 @@
 """Forcing how an output starts: `SamplingParams.prefix_choices`.
 
 Until the output has become one of the choices, only tokens that keep it on the way to
-some choice may be sampled; after that, sampling is free. The server builds its
-`tool_choice="required"` and named-function modes on this for the tool-call formats whose
-arguments are not JSON (xml, pythonic, qwen3_coder); the JSON formats get a grammar.
+some choice may be sampled; after that, sampling is free (e.g. force a tool call's
+opening and let the model write the rest; the server's `tool_choice` modes use a whole-call
+grammar instead, see `rlserve.tools.call_grammar`).
 
 Matching is on bytes, not decoded text: a byte-level BPE vocabulary (Llama 3, Qwen) spells
 a character outside ASCII with several one-byte tokens, each of which decodes alone to

@@ -139,7 +139,8 @@ async def update_from_disk(
 
 
 async def update_weights(state: ServerState, request: Request) -> JSONResponse:
-    """Read and check the update first, then pause/abort per `mode`, then commit."""
+    """Read and check the update first, then pause/abort per `mode`, then commit. A JSON
+    body with `update_info` is one chunk of vLLM's lifecycle (`vllm_weight_transfer`)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/octet-stream":
         version, mode, recompute = update_options(request.query_params)
@@ -151,6 +152,10 @@ async def update_weights(state: ServerState, request: Request) -> JSONResponse:
             new = await commit_update(state, update.weights, version, mode, recompute)
     else:
         body = await json_body(request, state.config.max_request_bytes)
+        if "update_info" in body:  # vLLM's lifecycle; imported here: it builds on this module
+            from rlserve.server.vllm_weight_transfer import vllm_update_weights
+
+            return await vllm_update_weights(state, request, body)
         options = update_options(body)
         for field in ("model_name", "weight_type"):  # NexRL sends them; nothing depends on them
             optional_str(body.get(field), field)

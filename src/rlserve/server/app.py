@@ -23,6 +23,7 @@ from rlserve.server.rl_routes import rl_router
 from rlserve.server.sglang_routes import sglang_router
 from rlserve.server.state import ServerState
 from rlserve.server.vllm_routes import vllm_router
+from rlserve.server.vllm_weight_transfer import vllm_weight_transfer_router
 
 if TYPE_CHECKING:
     from rlserve.engine.core import EngineCore
@@ -56,6 +57,7 @@ def build_state(engine: EngineCore, config: ServerConfig, tokenizer: Any = None)
         model_name=model_name,
         model_path=str(engine.model_path),
         max_model_len=int(engine.max_model_len),
+        vocab_size=int(engine.model.config.vocab_size),
         metrics=metrics,
         default_adapter=config.adapter_name if config.adapter_path else None,
     )
@@ -90,6 +92,7 @@ def create_app(
     app.include_router(admin_router(state))
     app.include_router(sglang_router(state))
     app.include_router(vllm_router(state))
+    app.include_router(vllm_weight_transfer_router(state))
     app.include_router(memory_router(state))
     app.include_router(ops_router(state))
     return app

@@ -133,6 +133,7 @@ def completion_params(state: ServerState, req: CompletionRequest) -> SamplingPar
         default_max_tokens=cap,
         logprobs=req.logprobs,
         max_logprobs=state.config.max_logprobs,
+        vocab_size=state.vocab_size,
         prompt_logprobs=echo_logprobs,
     )
 
@@ -147,6 +148,7 @@ def chat_params(state: ServerState, req: ChatCompletionRequest) -> SamplingParam
         default_max_tokens=state.config.max_tokens,
         logprobs=(req.top_logprobs or 0) if req.logprobs else None,
         max_logprobs=state.config.max_logprobs,
+        vocab_size=state.vocab_size,
     )
 
 

@@ -121,6 +121,7 @@ async def generate(state: ServerState, request: Request) -> Response:
         default_max_tokens=state.config.max_tokens,
         logprobs=k,
         max_logprobs=state.config.max_logprobs,
+        vocab_size=state.vocab_size,
     )
     state.loop.check_admissible(len(prompts) * params.n)
     prompt_ids = await tokenize_prompts(state.tokenizer, prompts, state.max_model_len)

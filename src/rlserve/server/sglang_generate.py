@@ -89,16 +89,18 @@ def item_params(state: ServerState, item: SGLangItem) -> SamplingParams:
     top = item.top_logprobs_num if item.return_logprob and item.top_logprobs_num else None
     wants_prompt = item.return_logprob and item.logprob_start_len >= 0
     try:
-        return build_params(
+        params = build_params(
             item.fields,
             max_tokens=max_tokens,
             default_max_tokens=cap,
             logprobs=top,
             max_logprobs=state.config.max_logprobs,
+            vocab_size=state.vocab_size,
             prompt_logprobs=(top or 0) if wants_prompt else None,
         )
     except APIError as exc:
         raise renamed(exc) from exc
+    return replace(params, structured=item.structured) if item.structured else params
 
 
 def fitted(

@@ -5,8 +5,10 @@ and `SamplingParams` (`sglang/srt/sampling/sampling_params.py`): `text` or `inpu
 (one prompt or a batch), `sampling_params` (one object, or one per prompt; a null field
 means its default, as in SGLang), `return_logprob`, `logprob_start_len` (-1: no prompt
 logprobs), `top_logprobs_num`, `return_text_in_logprobs`, `stream`, `rid`, `lora_path`
-(an adapter's model id), `return_prompt_token_ids`. Unknown fields are ignored, as SGLang
-does; known ones that rlserve cannot honour (multimodal data, embeddings, grammars, stop
+(an adapter's model id), `return_prompt_token_ids`, and the grammars `json_schema` (a
+schema's JSON text, or `$$ANY$$`), `regex` and `ebnf` (at most one; server/
+structured_outputs.py `sglang_structured`). Unknown fields are ignored, as SGLang does;
+known ones that rlserve cannot honour (multimodal data, embeddings, structural tags, stop
 regexes, hidden states, routed experts, ...) are 400s naming the field.
 SGLang's names map onto rlserve's: `max_new_tokens` -> max_tokens (default 128, null:
 the rest of the context), `min_new_tokens` -> min_tokens, `sampling_seed` -> seed,
@@ -23,9 +25,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from rlserve.server.errors import APIError, validation_message
 from rlserve.server.protocol import Int64, SamplingFields
+from rlserve.server.structured_outputs import SGLANG_FIELDS, sglang_structured
 
 if TYPE_CHECKING:
     from rlserve.engine.call_args import Prompt
+    from rlserve.engine.structured import StructuredOutput
 
 SGLANG_DEFAULT_MAX_NEW_TOKENS = 128  # SamplingParams.max_new_tokens
 # Keys only SGLang's body has: with any of them (and no `prompt`), /generate is SGLang's.
@@ -54,7 +58,7 @@ SGLANG_NAMES = {
     "prompt": "input_ids",
     "model": "lora_path",
 }
-_UNSUPPORTED_SAMPLING = ("stop_regex", "json_schema", "regex", "ebnf", "structural_tag")
+_UNSUPPORTED_SAMPLING = ("stop_regex", "structural_tag")
 _UNSUPPORTED_FLAGS = (
     "input_embeds",
     "token_ids_logprob",
@@ -142,6 +146,7 @@ class SGLangItem:
     top_logprobs_num: int
     lora_path: str | None
     rid: str
+    structured: StructuredOutput | None = None  # json_schema / regex / ebnf
 
 
 def validated(model: type[BaseModel], data: Any, prefix: str = "") -> Any:
@@ -273,6 +278,7 @@ def sglang_items(body: SGLangBody) -> tuple[list[SGLangItem], bool]:
                 tops[i],
                 loras[i],
                 ids[i],
+                sglang_structured({name: getattr(samplings[i], name) for name in SGLANG_FIELDS}),
             )
         )
     return items, batch

@@ -40,6 +40,7 @@ class ServerState:
     max_model_len: int
     metrics: ServerMetrics
     default_adapter: str | None = None
+    vocab_size: int | None = None  # the model's vocabulary: what `logprobs: -1` asks for
     created: int = 0
     receive_buffer: ReceiveBuffer = field(default_factory=ReceiveBuffer)
     adapter_lock: asyncio.Lock = field(default_factory=asyncio.Lock)

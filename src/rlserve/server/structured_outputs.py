@@ -151,3 +151,36 @@ def _renamed(message: str, field: str) -> str:
     """The engine names its own field (`structured`); the client knows only theirs."""
     head = "structured: "
     return f"{field}: {message[len(head) :]}" if message.startswith(head) else message
+
+
+# SGLang's `sampling_params` grammar fields -> StructuredOutput kinds. `ebnf` is SGLang's
+# (xgrammar's) GBNF-style `root ::= ...` grammar; llguidance reads it (and Lark) as `grammar`.
+SGLANG_FIELDS = {"json_schema": "json", "regex": "regex", "ebnf": "grammar"}
+SGLANG_KEYS = {"json_schema": "json", "regex": "regex", "ebnf": "ebnf"}  # in its messages
+SGLANG_ANY_JSON = "$$ANY$$"  # SGLang's json_schema for any JSON (xgrammar's builtin grammar)
+_ANY_JSON_SCHEMA = {"type": ["object", "array"]}  # what xgrammar's builtin JSON grammar allows
+
+
+def sglang_structured(values: Mapping[str, str | None]) -> StructuredOutput | None:
+    """The constraint of SGLang's `sampling_params` fields `json_schema` (JSON text),
+    `regex` and `ebnf` (`values` maps each to its value or None); None for free text.
+    A 400 naming `sampling_params.<field>` when more than one is set (SGLang's message)
+    or when the grammar does not compile."""
+    given = [name for name in SGLANG_FIELDS if values.get(name) is not None]
+    if not given:
+        return None
+    param = f"sampling_params.{given[-1]}"
+    if len(given) > 1:
+        raise APIError(400, "Only one of regex, json_schema, or ebnf can be set.", param=param)
+    name = given[0]
+    value = values[name]
+    if name == "json_schema" and value == SGLANG_ANY_JSON:
+        value = _ANY_JSON_SCHEMA
+    try:
+        constraint = StructuredOutput(**{SGLANG_FIELDS[name]: value})
+        check_structured(constraint)
+    except ParamError as exc:
+        detail = str(exc).removeprefix("structured: ")
+        message = f"{param}: Failed to compile {SGLANG_KEYS[name]} grammar: {detail}"
+        raise APIError(400, message, param=param) from exc
+    return constraint

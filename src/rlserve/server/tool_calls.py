@@ -19,7 +19,6 @@ from rlserve.tools import StreamingToolParser, parse_tool_calls, validate_tools
 from rlserve.tools.choice import (
     added_token_texts,
     forced_call_grammar,
-    forced_call_prefixes,
     forced_tool_names,
 )
 from rlserve.tools.parsers import ToolIndex
@@ -46,10 +45,10 @@ def force_tool_choice(
     tokenizer: Any,
 ) -> SamplingParams:
     """`params` forcing the call a chat request's `tool_choice` asks for (400 naming
-    `tool_choice` or `tools` if impossible). Where the parser's arguments are JSON the
-    whole call is a grammar (the tool's `parameters` constrain the arguments) that
-    replaces any `response_format` constraint, as vLLM's tool schema does; for the other
-    formats only the call's opening is forced (`prefix_choices`)."""
+    `tool_choice` or `tools` if impossible). The whole call is a grammar in the parser's
+    format (the tool's `parameters` constrain the arguments as far as the format's
+    notation carries them: `rlserve.tools.call_grammar`) that replaces any
+    `response_format` constraint, as vLLM's tool schema does."""
     choice, tools = request.tool_choice, request.tools
     try:
         if not forced_tool_names(choice, tools):
@@ -68,9 +67,8 @@ def force_tool_choice(
         token_texts=_added_tokens(tokenizer),
         parallel_tool_calls=request.parallel_tool_calls,
     )
-    if grammar is None:
-        prefixes = forced_call_prefixes(choice, tools, parser, think_open=think_open)
-        return replace(params, prefix_choices=prefixes)
+    if grammar is None:  # nothing forced after all
+        return params
     return replace(
         params, structured=_checked(StructuredOutput(grammar=grammar)), prefix_choices=[]
     )

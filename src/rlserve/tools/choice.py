@@ -2,38 +2,43 @@
 
 "required" and a named function force a call; "auto" and "none" force nothing. Two ways:
 
-- `forced_call_grammar`: an llguidance Lark grammar for the whole call, for the formats
-  whose arguments are JSON (hermes, json, llama3_json): the parser's opening for one of
-  the allowed tools, arguments matching that tool's `parameters` schema (`%json`), the
-  parser's closing. This is SGLang's structural tag (begin, schema, end) in Lark.
+- `forced_call_grammar`: an llguidance Lark grammar for the whole call, in every format
+  (`call_grammar.py`): the parser's opening for one of the allowed tools, arguments
+  matching that tool's `parameters` schema as far as the format's notation carries it,
+  the parser's closing. For JSON arguments this is SGLang's structural tag (begin,
+  schema, end) in Lark.
 - `forced_call_prefixes`: `SamplingParams.prefix_choices` forcing only the opening, up to
-  where the arguments begin; the model writes the arguments freely. The only way for the
-  formats whose arguments are not JSON (xml, pythonic/function, qwen3_coder).
+  where the arguments begin; the model writes the arguments freely.
 
 The grammar is text: this layer does not import the engine (it compiles the grammar).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
+from rlserve.tools.call_grammar import (
+    ARGUMENT_LAYOUT,
+    BLOCKS,
+    JSON_CALL_CLOSINGS,
+    argument_schema,
+    call_rules,
+    lark_text,
+)
 from rlserve.tools.parsers import ToolIndex, get_parser
 from rlserve.tools.parsers.reasoning import THINK_CLOSE
 
-# What ends a call after its arguments object, per format with JSON arguments.
-JSON_CALL_CLOSINGS = {"hermes": "}\n</tool_call>", "json": "}", "llama3_json": "}"}
-CALL_SEPARATOR = "\n"  # between calls when "required" allows several (Qwen's template)
-# Arguments laid out as chat templates write them (`tojson`, Python's json.dumps): no free
-# whitespace, which a small model could otherwise run on with until max_tokens.
-# `lenient`: schema features llguidance lacks (unknown `format`s) are not enforced.
-ARGUMENT_LAYOUT = {
-    "whitespace_flexible": False,
-    "item_separator": ", ",
-    "key_separator": ": ",
-    "lenient": True,
-}
+__all__ = [  # the grammar helpers are this module's API too
+    "ARGUMENT_LAYOUT",
+    "JSON_CALL_CLOSINGS",
+    "added_token_texts",
+    "argument_schema",
+    "forced_call_grammar",
+    "forced_call_prefixes",
+    "forced_tool_names",
+    "lark_text",
+]
 
 
 def forced_tool_names(
@@ -89,8 +94,8 @@ def forced_call_grammar(
     token_texts: Collection[str] = (),
     parallel_tool_calls: bool | None = None,
 ) -> str | None:
-    """An llguidance Lark grammar for the call `tool_choice` forces, or None when it forces
-    nothing or `parser`'s arguments are not JSON (use `forced_call_prefixes` then).
+    """An llguidance Lark grammar for the call `tool_choice` forces in `parser`'s format,
+    or None when it forces nothing.
 
     A named function gets one call; "required" one or more (exactly one when
     `parallel_tool_calls` is False), each to any offered tool. `token_texts`: the
@@ -98,52 +103,22 @@ def forced_call_grammar(
     tokens, so the grammar names them as such where the format's markup holds them.
     ValueError as `forced_tool_names`, or for an unknown `parser`."""
     names = forced_tool_names(tool_choice, tools)
-    format_ = get_parser(parser)
-    if not names or parser not in JSON_CALL_CLOSINGS:
+    format_name = get_parser(parser).name
+    if not names:
         return None
     markers = _token_markers(token_texts)
     parameters = ToolIndex(tools).parameters
-    closing = lark_text(JSON_CALL_CLOSINGS[parser], markers)
     rules = []
     for i, name in enumerate(names):
-        opening = lark_text(format_.call_prefix(name), markers)
-        rules.append(f"call_{i}: {opening} args_{i} {closing}")
-        rules.append(f"args_{i}: %json {json.dumps(argument_schema(parameters[name]))}")
+        rules += call_rules(format_name, i, name, parameters[name], markers)
     calls = " | ".join(f"call_{i}" for i in range(len(names)))
+    block = BLOCKS[format_name]
     several = tool_choice == "required" and parallel_tool_calls is not False
-    start = [lark_text(_opening(think_open), markers), "call"]
+    start = [lark_text(_opening(think_open) + block.open, markers), "call"]
     if several:
-        start.append(f"({lark_text(CALL_SEPARATOR, markers)} call)*")
+        start.append(f"({lark_text(block.separator, markers)} call)*")
+    start.append(_closing(block.close, block.separator if several else "", markers))
     return "\n".join([f"start: {' '.join(filter(None, start))}", f"call: {calls}", *rules]) + "\n"
-
-
-def argument_schema(parameters: Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON schema a call's arguments must match: the tool's `parameters` (an object
-    when they do not say), in the layout of `ARGUMENT_LAYOUT` unless they set their own
-    llguidance options (`x-guidance`)."""
-    schema = dict(parameters)
-    schema.setdefault("type", "object")
-    schema.setdefault("x-guidance", ARGUMENT_LAYOUT)
-    return schema
-
-
-def lark_text(text: str, markers: Sequence[str] = ()) -> str:
-    """`text` as a Lark expression: string literals, with the `markers` it holds written as
-    token references (`<tool_call>`). `markers` longest first."""
-    parts: list[str] = []
-    plain = start = 0
-    while start < len(text):
-        marker = next((m for m in markers if text.startswith(m, start)), None)
-        if marker is None:
-            start += 1
-            continue
-        if plain < start:
-            parts.append(json.dumps(text[plain:start], ensure_ascii=False))
-        parts.append(marker)
-        start = plain = start + len(marker)
-    if plain < len(text):
-        parts.append(json.dumps(text[plain:], ensure_ascii=False))
-    return " ".join(parts)
 
 
 def added_token_texts(tokenizer: Any) -> tuple[str, ...]:
@@ -165,6 +140,15 @@ def _token_markers(token_texts: Collection[str]) -> list[str]:
         and not any(c.isspace() for c in t)
     }
     return sorted(names, key=len, reverse=True)
+
+
+def _closing(close: str, separator: str, markers: Sequence[str]) -> str:
+    """The block's closing; where it starts with the separator, that part is its own
+    literal, so the lexer need not tell the two apart (llguidance gives up on that
+    choice after free text: "ParserTooComplex")."""
+    if separator and close.startswith(separator) and close != separator:
+        return f"{lark_text(separator, markers)} {lark_text(close[len(separator) :], markers)}"
+    return lark_text(close, markers)
 
 
 def _opening(think_open: bool) -> str:
