@@ -10,8 +10,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 
-from tests.support.checkpoints import build_checkpoint
+from tests.support.checkpoints import build_checkpoint, load_hf
 from tests.support.servers import RunningServer, admin_server, wait_until
 
 ADMIN = "sglang-admin"
@@ -20,8 +21,13 @@ AUTH = {"Authorization": f"Bearer {ADMIN}"}
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from peft import LoraConfig, get_peft_model
+
     root = tmp_path_factory.mktemp("sglang") / "weights"
     build_checkpoint(root / "B", "qwen3", seed=5)
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, lora_alpha=16, init_lora_weights=False, target_modules=["q_proj"])
+    get_peft_model(load_hf(root / "B"), config).save_pretrained(root / "lora")
     return root
 
 
@@ -162,6 +168,43 @@ def test_flush_cache_and_info(server, http) -> None:
 
 
 def test_sglang_routes_need_the_admin_key(server) -> None:
-    for route in ("/pause_generation", "/update_weights_from_disk", "/abort_request"):
+    routes = ("/pause_generation", "/update_weights_from_disk", "/abort_request")
+    for route in (*routes, "/load_lora_adapter", "/unload_lora_adapter"):
         assert httpx.post(server.url + route, json={}).status_code == 401
     assert httpx.get(server.url + "/get_server_info").status_code == 401
+
+
+def test_lora_load_and_unload_slime_body(http, weights) -> None:
+    """The body of SGLang's `LoadLoRAAdapterReqInput` (what slime and verl post)."""
+    body = {"lora_name": "policy-lora", "lora_path": str(weights / "lora"), "pinned": False}
+    reply = http.post("/load_lora_adapter", json=body)
+    assert reply.status_code == 200, reply.text
+    assert reply.json() == {
+        "success": True,
+        "error_message": None,
+        "loaded_adapters": {"policy-lora": body["lora_path"]},
+    }
+    models = [card["id"] for card in http.get("/v1/models").json()["data"]]
+    assert "policy-lora" in models
+    again = http.post("/load_lora_adapter", json=body)
+    assert again.status_code == 400 and again.json()["success"] is False
+    gone = http.post("/unload_lora_adapter", json={"lora_name": "policy-lora"})
+    assert gone.status_code == 200 and gone.json()["loaded_adapters"] == {}
+    missing = http.post("/unload_lora_adapter", json={"lora_name": "policy-lora"})
+    assert missing.status_code == 404 and missing.json()["success"] is False
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "param"),
+    [
+        ("/load_lora_adapter", {"lora_path": "lora"}, "lora_name"),
+        ("/load_lora_adapter", {"lora_name": "x"}, "lora_path"),
+        ("/load_lora_adapter", {"lora_name": "x", "lora_path": "../lora"}, "lora_path"),
+        ("/load_lora_adapter", {"lora_name": "x", "lora_path": "lora", "pinned": "y"}, "pinned"),
+        ("/unload_lora_adapter", {}, "lora_name"),
+    ],
+)
+def test_bad_lora_bodies_are_refused(http, route, body, param) -> None:
+    reply = http.post(route, json=body)
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["success"] is False and reply.json()["error"]["param"] == param

@@ -6,6 +6,8 @@
   update waits for running requests). Checked before anything pauses, as every update.
 - `/pause_generation` `mode`: "abort" -> "abort"; "in_place" -> "keep"; "retract" -> "keep",
   and `/continue_generation` recomputes the frozen requests' KV (SGLang re-prefills them).
+- `/load_lora_adapter` (`lora_name`, `lora_path` under --weights-dir, `pinned`) and
+  `/unload_lora_adapter` (`lora_name`) answer SGLang's `success`/`loaded_adapters`.
 - `weight_version` is SGLang's free-form label ("default" until set), kept in
   `ServerState.weight_version` so that `/generate` replies carry it; rlserve's integer
   `policy_version` advances on every update as always and is added to each reply.
@@ -21,7 +23,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from rlserve.pause_mode import PauseMode
+from rlserve.server.admin_adapters import adapter_name, install_adapter, unload_adapter_named
 from rlserve.server.admin_engine import engine_call
+from rlserve.server.admin_files import path_under
 from rlserve.server.admin_options import as_bool, json_body, optional_str
 from rlserve.server.admin_weights import update_from_disk
 from rlserve.server.auth import admin_access
@@ -185,7 +189,53 @@ def sglang_router(state: ServerState) -> APIRouter:
         message = f"Weight version updated to {new}"
         return JSONResponse({"success": True, "message": message, "new_version": new})
 
+    @router.post("/load_lora_adapter")
+    async def load_lora_adapter(request: Request) -> JSONResponse:
+        try:
+            await load_adapter_route(state, await json_body(request, limit))
+        except APIError as exc:
+            return refusal(exc)
+        return JSONResponse(lora_reply(state))
+
+    @router.post("/unload_lora_adapter")
+    async def unload_lora_adapter(request: Request) -> JSONResponse:
+        try:
+            name = required_lora_name(await json_body(request, limit), state)
+            if name not in state.adapters():
+                raise APIError(404, f"LoRA adapter {name!r} is not loaded", "lora_name")
+            await unload_adapter_named(state, name)
+        except APIError as exc:
+            return refusal(exc)
+        return JSONResponse(lora_reply(state))
+
     return router
+
+
+def required_lora_name(body: dict[str, Any], state: ServerState) -> str:
+    name = adapter_name(body.get("lora_name"), state)
+    if name is None:
+        raise APIError(400, "lora_name is required", "lora_name")
+    return name
+
+
+async def load_adapter_route(state: ServerState, body: dict[str, Any]) -> None:
+    """SGLang's `{lora_name, lora_path, pinned}`: load the PEFT folder under
+    --weights-dir as `lora_name` (a name already loaded is refused, as SGLang does)."""
+    name = required_lora_name(body, state)
+    path = optional_str(body.get("lora_path"), "lora_path")
+    if not path:
+        raise APIError(400, "lora_path is required", "lora_path")
+    as_bool(body.get("pinned", False), "pinned")  # every adapter stays resident here
+    if name in state.adapters():
+        raise APIError(400, f"LoRA adapter {name!r} is already loaded", "lora_name")
+    folder = path_under(state.config.weights_dir, path, "lora_path")
+    await install_adapter(state, folder, name, None, path)
+
+
+def lora_reply(state: ServerState) -> dict[str, Any]:
+    """SGLang's LoRA reply: success and the loaded adapters (name -> path given)."""
+    loaded = {name: state.adapter_roots.get(name, name) for name in state.adapters()}
+    return {"success": True, "error_message": None, "loaded_adapters": loaded}
 
 
 def _status_reply(state: ServerState, message: str) -> JSONResponse:
