@@ -24,14 +24,17 @@ GREEDY = SamplingParams(temperature=0, max_tokens=12)
 
 
 class FakeClient:
-    """A sync client's surface as `RemoteBackend` uses it: a tokenizer, `models()` and
-    `completion(prompt, **fields)`, answering from `reply(prompt)`."""
+    """A sync client's surface as `RemoteBackend` uses it: a tokenizer, `health()`,
+    `models()` and `completion(prompt, **fields)`, answering from `reply(prompt)`."""
 
     def __init__(self, tokenizer, reply=None, cards=None) -> None:
         self.tokenizer = tokenizer
         self.reply = reply or (lambda prompt: completion_response(prompt[-2:]))
         self.cards = cards
         self.calls: list[dict] = []
+
+    def health(self) -> dict:  # Python 3.11's isinstance(…, a Protocol) reads policy_version
+        return {"policy_version": 0}
 
     def models(self) -> dict:
         if self.cards is None:

@@ -81,6 +81,11 @@ def test_correct_gemma2_makes_end_of_turn_the_eos(tmp_path: Path) -> None:
         assert hf_tokenizer(str(_gemma_like(tmp_path / name))).eos_token == "<eos>"
 
 
+def test_correct_gemma2_sees_the_name_in_a_hub_cache_path(tmp_path: Path) -> None:
+    snapshot = tmp_path / "models--google--gemma-2-2b-it" / "snapshots" / "0123abcd"
+    assert hf_tokenizer(str(_gemma_like(snapshot))).eos_token == "<end_of_turn>"
+
+
 def test_correct_gemma2_leaves_a_vocabulary_without_end_of_turn_alone(
     tokenizer_dir: Path, tmp_path: Path
 ) -> None:

@@ -19,8 +19,9 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "rlserve"
 TORCH_FREE_BASE = {"_checks", "pause_mode", "chat_messages", "sampling_params", "outputs"}
 BASE = TORCH_FREE_BASE | {"config"}
 
-# What each part may import, besides itself. Downward only: server -> rl -> backends ->
-# engine -> models; tools and sandbox are leaves; client is HTTP-only (torch-free base only).
+# What each part may import, besides itself. Downward only: compat (the seed systems' API
+# shapes), eval and server -> rl -> backends -> engine -> models; tools, sandbox and prompts
+# are leaves; client is HTTP-only (torch-free base only).
 ALLOWED: dict[str, set[str]] = {
     "_checks": set(),
     "chat_messages": set(),
@@ -36,7 +37,10 @@ ALLOWED: dict[str, set[str]] = {
     "tools": TORCH_FREE_BASE,
     "sandbox": {"_checks"},
     "client": TORCH_FREE_BASE,
-    "cli": {"__init__", "server", "sandbox", "engine", "rl", "backends", "models", "tools"} | BASE,
+    "prompts": TORCH_FREE_BASE,
+    "eval": {"backends", "rl", "tools", "sandbox", "prompts", "client", "engine", "models"} | BASE,
+    "compat": {"backends", "rl", "tools", "sandbox", "client", "engine", "models"} | BASE,
+    "cli": {"__init__", "eval", "server", "sandbox", "engine", "rl", "backends", "models", "tools"} | BASE,
     "__init__": set(),  # the package's lazy facade imports nothing at import time
 }
 

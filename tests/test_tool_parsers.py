@@ -501,3 +501,101 @@ def test_the_request_check_refuses_unusable_tools() -> None:
     assert "tools[1]" in err.value.message
     check_request_tools(None)
     check_request_tools(TOOLS)
+
+
+# --- the tool formats seed 001 documents ---------------------------------------------------
+
+SEED_JSON = """I will search.
+{
+    "tool": "search",
+    "arguments": {
+        "query": "Python tutorials",
+        "max_results": 5
+    }
+}"""
+SEED_XML = """<function_calls>
+<invoke>
+<tool_name>search</tool_name>
+<parameters>
+<query>Python tutorials</query>
+<max_results>5</max_results>
+</parameters>
+</invoke>
+</function_calls>"""
+SEED_FUNCTION = 'search(query="Python tutorials", max_results=5)'
+SEED_ARGS = {"query": "Python tutorials", "max_results": 5}
+
+
+@pytest.mark.parametrize(
+    ("fmt", "text"), [("json", SEED_JSON), ("xml", SEED_XML), ("function", SEED_FUNCTION)]
+)
+def test_seed001_formats_parse(fmt: str, text: str) -> None:
+    result = get_parser(fmt).parse(text)
+    assert [(c.name, c.arguments) for c in result.calls] == [("search", SEED_ARGS)]
+    assert result.errors == []
+    check_positions(text, result)
+
+
+def test_seed001_json_list_parameters_key_and_schema() -> None:
+    text = '[{"tool": "search", "parameters": {"query": "a"}}, {"tool": "calc", "arguments": {}}]'
+    result = get_parser("json").parse(text, TOOLS)
+    assert [(c.name, c.arguments) for c in result.calls] == [
+        ("search", {"query": "a"}),
+        ("calc", {}),
+    ]
+    unknown = get_parser("json").parse('{"tool": "rm", "arguments": {}}', TOOLS)
+    assert unknown.calls == [] and "unknown tool 'rm'" in unknown.errors[0].message
+
+
+def test_seed001_json_lookalikes() -> None:
+    # "tool" without arguments is ordinary JSON; broken JSON that opens like a call is an error.
+    plain = '{"tool": "hammer", "weight": 2}'
+    assert get_parser("json").parse(plain).content == plain
+    broken = get_parser("json").parse('{"tool": "search", "arguments": {"q": ,}}')
+    assert broken.calls == [] and broken.errors[0].message == "tool call is not valid JSON"
+    # llama3_json keeps reading only "name" objects
+    assert get_parser("llama3_json").parse(SEED_JSON).calls == []
+
+
+def test_seed001_xml_schema_types_and_mixed_forms() -> None:
+    text = SEED_XML.replace(
+        "</function_calls>",
+        '<invoke name="calc"><parameter name="x">1</parameter></invoke>\n</function_calls>',
+    )
+    result = get_parser("xml").parse(text.replace("max_results", "k"), TOOLS)
+    assert [(c.name, c.arguments) for c in result.calls] == [
+        ("search", {"query": "Python tutorials", "k": 5}),
+        ("calc", {"x": 1}),
+    ]
+    no_params = "<function_calls><invoke><tool_name>calc</tool_name></invoke></function_calls>"
+    assert get_parser("xml").parse(no_params).calls[0].arguments == {}
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("<parameters><x>1</x></parameters>", "<invoke> without a <tool_name>"),
+        ("<tool_name> </tool_name>", "<invoke> without a <tool_name>"),
+        ("<tool_name>calc</tool_name><parameters><x>1</x>", "unclosed <parameters>"),
+        ("<tool_name>calc</tool_name><parameters><x>1</parameters>", "unclosed <x> in"),
+        ("<tool_name>calc</tool_name><parameters>x=1</parameters>", "malformed <parameters>"),
+    ],
+)
+def test_seed001_xml_malformed(body: str, message: str) -> None:
+    text = f"<function_calls><invoke>{body}</invoke></function_calls>"
+    result = get_parser("xml").parse(text)
+    assert result.calls == [] and message in result.errors[0].message
+    check_positions(text, result)
+
+
+@pytest.mark.parametrize(("fmt", "text"), [("json", SEED_JSON), ("xml", SEED_XML)])
+def test_seed001_formats_stream_like_whole(fmt: str, text: str) -> None:
+    rng = random.Random(fmt)
+    ref = get_parser(fmt).parse(text, TOOLS)
+    for sizes in ([1] * len(text), [len(text)], random_sizes(len(text), rng)):
+        assert stream(fmt, text, sizes, tools=TOOLS) == (
+            ref.content,
+            ref.reasoning,
+            ref.calls,
+            ref.errors,
+        )

@@ -21,14 +21,26 @@ _EXPORTS = {
     "CompletionOutput": "rlserve.outputs",
     "RequestOutput": "rlserve.outputs",
     "SamplingParams": "rlserve.sampling_params",
+    "InferenceModule": "rlserve.compat.inference_module",
+    "create_inference_module": "rlserve.compat.inference_module",
+    "GenerationResult": "rlserve.compat.generation_result",
+    "ToolCall": "rlserve.tools",  # seed 001: ToolCall(name, arguments, raw_text, start, end)
+    "InferenceEngine": "rlserve.compat.inference_engine",  # seed 003
+    "GenerationOutput": "rlserve.compat.generation_output",
 }
 __all__ = [
     "CompletionOutput",
     "Engine",
     "EngineConfig",
     "EngineCore",
+    "GenerationOutput",
+    "GenerationResult",
+    "InferenceEngine",
+    "InferenceModule",
     "RequestOutput",
     "SamplingParams",
+    "ToolCall",
+    "create_inference_module",
 ]
 __version__ = "0.1.0"
 

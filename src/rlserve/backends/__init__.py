@@ -1,6 +1,12 @@
 """backends layer (see docs/ARCHITECTURE.md): one `InferenceBackend` interface over every
-way to run a policy: the native engine (`EngineBackend`) and OpenAI-compatible servers over
-HTTP (`RemoteBackend`). `as_backend` picks the implementation for what a caller passed."""
+way to run a policy: the native engine (`EngineBackend`), Hugging Face `transformers`
+(`HuggingFaceBackend`, imported on first use), OpenAI-compatible servers over HTTP
+(`RemoteBackend`: rlserve, vLLM, SGLang) and Tinker. `create_backend` builds one from a
+`BackendConfig` (or a kind word); `as_backend` wraps what a caller already has; `complete`
+takes text, token ids or messages on any of them.
+
+An in-process vLLM or SGLang backend is not offered: their wheels need a CUDA build of
+torch. Serve them and use the remote backend (`dialect="vllm"` / `"sglang"`)."""
 
 from __future__ import annotations
 
@@ -8,11 +14,16 @@ from typing import Any
 
 from rlserve.backends.base import (
     UNKNOWN_VERSION,
+    BackendUnsupported,
     InferenceBackend,
     OnDone,
     Request,
     Sample,
+    ScorePair,
 )
+from rlserve.backends.complete import Completion, Prompt, complete, prompt_token_ids
+from rlserve.backends.config import BackendConfig
+from rlserve.backends.factory import create_backend
 from rlserve.backends.native import EngineBackend
 from rlserve.backends.remote import (
     RemoteBackend,
@@ -23,16 +34,33 @@ from rlserve.engine import Engine
 
 __all__ = [
     "UNKNOWN_VERSION",
+    "BackendConfig",
+    "BackendUnsupported",
+    "Completion",
     "EngineBackend",
+    "HuggingFaceBackend",
     "InferenceBackend",
     "OnDone",
+    "Prompt",
     "RemoteBackend",
     "Request",
     "Sample",
+    "ScorePair",
     "as_backend",
+    "complete",
     "completion_fields",
+    "create_backend",
+    "prompt_token_ids",
     "sample_from_completion",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "HuggingFaceBackend":  # loads transformers' model code: only when asked for
+        from rlserve.backends.huggingface import HuggingFaceBackend
+
+        return HuggingFaceBackend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def as_backend(policy: Any, lora_name: str | None = None) -> InferenceBackend:

@@ -82,6 +82,11 @@ class Admin(ClientBase):
         """Abort one request (its `request_id`) or, with None, every request."""
         return self._run(self._admin("POST", "/abort", {"request_id": request_id}))
 
+    def admin_request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """Any other admin route (e.g. SGLang's or vLLM's), sent once with the admin
+        token; the server's decoded JSON."""
+        return self._run(self._admin(method, path, body))
+
     def policy_version(self) -> Any:
         """The server's policy version (an int)."""
         return self._run(self._policy_version())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import PurePath
 from typing import Any
 
 # Gemma-2 instruction-tuned checkpoints (google/gemma-2-2b-it, -9b-it, -27b-it).
@@ -27,7 +26,7 @@ def hf_tokenizer(
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
     if correct_pad_token and tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
-    if correct_gemma2 and _GEMMA2_INSTRUCT.search(PurePath(str(name_or_path)).name):
+    if correct_gemma2 and _GEMMA2_INSTRUCT.search(str(name_or_path)):
         _end_turns_with_eos(tokenizer)
     return tokenizer
 

@@ -1,5 +1,5 @@
-"""Bare JSON tool calls anywhere in the text: ``{"name": ..., "arguments": {...}}`` objects or
-a JSON list of them."""
+"""Bare JSON tool calls anywhere in the text: ``{"name": ..., "arguments": {...}}`` objects
+(or seed 001's ``{"tool": ..., "arguments": {...}}``) or a JSON list of them."""
 
 from __future__ import annotations
 
@@ -18,13 +18,16 @@ from rlserve.tools.parsers.jsonscan import (
 from rlserve.tools.parsers.types import ToolCallError
 
 _BRACKET = re.compile(r"[{\[]")
+# Seed 001's shape names the tool under "tool"; broken JSON starting so is a broken call too.
+_TOOL_KEY_START = re.compile(r'[\[\s]*\{\s*"tool"')
 
 
 class JsonParser(ToolParser):
     """A JSON value is a call when it is an object with a string ``name`` and
     ``arguments``/``parameters`` (or a non-empty list of objects, at least one of them such a
-    call). Other JSON stays in the content. Bracketed text that is not valid JSON but starts
-    like a call (``{"name": ...``) is reported as a malformed call."""
+    call). ``{"tool": ..., "arguments": ...}`` (seed 001's shape) is read as the same call.
+    Other JSON stays in the content. Bracketed text that is not valid JSON but starts like a
+    call (``{"name": ...`` or ``{"tool": ...``) is reported as a malformed call."""
 
     name = "json"
 
@@ -36,12 +39,15 @@ class JsonParser(ToolParser):
         return found.start() if found else None
 
     def match(self, ctx: ScanContext, start: int) -> Match | None:
-        return match_json_value(ctx, start, strict=False)
+        return match_json_value(ctx, start, strict=False, tool_key=True)
 
 
-def match_json_value(ctx: ScanContext, start: int, *, strict: bool) -> Match | None:
+def match_json_value(
+    ctx: ScanContext, start: int, *, strict: bool, tool_key: bool = False
+) -> Match | None:
     """Match the JSON value at ``start``. ``strict``: it sits where only calls are expected,
-    so anything that is not a call is an error rather than content."""
+    so anything that is not a call is an error rather than content. ``tool_key``: objects
+    may name the tool under ``"tool"`` instead of ``"name"``."""
     text = ctx.text
     end = json_extent(text, start)
     if end is None:
@@ -54,15 +60,30 @@ def match_json_value(ctx: ScanContext, start: int, *, strict: bool) -> Match | N
     raw = text[start:end]
     ok, value = decode_exact(text, start, end)
     if not ok:
-        if strict or CALL_LIKE_START.match(raw):
+        if strict or CALL_LIKE_START.match(raw) or (tool_key and _TOOL_KEY_START.match(raw)):
             return Match(end, (ToolCallError("tool call is not valid JSON", raw, start, end),))
         return ctx.not_a_call(start)  # maybe prose with braces; a call may still be inside
+    if tool_key:
+        value = _renamed_tool_key(value)
     values = _call_values(value)
     if values is None:
         if strict:
             return Match(end, (ToolCallError("JSON is not a tool call", raw, start, end),))
         return ctx.not_a_call(start, end)
     return Match(end, tuple(_item(v, raw, start, end, ctx) for v in values))
+
+
+def _renamed_tool_key(value: Any) -> Any:
+    """``value`` with every ``{"tool": name, "arguments"|"parameters": ...}`` object (alone
+    or in a list) rewritten as ``{"name": name, ...}``; anything else unchanged."""
+    if isinstance(value, list):
+        return [_renamed_tool_key(v) for v in value]
+    if not isinstance(value, dict) or "name" in value or not isinstance(value.get("tool"), str):
+        return value
+    if "arguments" not in value and "parameters" not in value:
+        return value
+    renamed = {k: v for k, v in value.items() if k != "tool"}
+    return {"name": value["tool"], **renamed}
 
 
 def _call_values(value: Any) -> list[Any] | None:

@@ -1,5 +1,6 @@
 """Anthropic-style XML: ``<function_calls><invoke name="f"><parameter name="p">v</parameter>
-</invoke></function_calls>``."""
+</invoke></function_calls>``, and the older form seed 001 documents: ``<invoke><tool_name>f
+</tool_name><parameters><p>v</p></parameters></invoke>``."""
 
 from __future__ import annotations
 
@@ -15,6 +16,11 @@ INVOKE_TAG = re.compile(r'<invoke\s+name\s*=\s*"([^"]*)"\s*>')
 INVOKE_CLOSE = "</invoke>"
 PARAM_TAG = re.compile(r'<parameter\s+name\s*=\s*"([^"]*)"\s*>')
 PARAM_CLOSE = "</parameter>"
+BARE_INVOKE_TAG = re.compile(r"<invoke\s*>")
+TOOL_NAME = re.compile(r"\s*<tool_name>(.*?)</tool_name>", re.DOTALL)
+PARAMETERS_OPEN = re.compile(r"\s*<parameters>")
+PARAMETERS_CLOSE = "</parameters>"
+CHILD_TAG = re.compile(r"\s*<([A-Za-z_][\w.-]*)>")
 
 
 def strip_one_newline(value: str) -> str:
@@ -27,8 +33,10 @@ def strip_one_newline(value: str) -> str:
 
 
 class XmlParser(TaggedBlockParser):
-    """Each ``<invoke>`` is one call; parameter values are converted by the tool schema's
-    type when known, else JSON-decoded when they parse, else kept as strings."""
+    """Each ``<invoke>`` is one call, in either form (``name="..."`` with ``<parameter>``
+    elements, or ``<tool_name>`` with one element per argument inside ``<parameters>``);
+    values are converted by the tool schema's type when known, else JSON-decoded when they
+    parse, else kept as strings."""
 
     name = "xml"
     open_tag, close_tag = OPEN, CLOSE
@@ -66,7 +74,12 @@ def _invoke(
     raw = text[start:end]
     tag = INVOKE_TAG.match(text, start, close)
     if tag is None:
-        return ToolCallError('invalid <invoke> tag (expected name="...")', raw, start, end)
+        bare = BARE_INVOKE_TAG.match(text, start, close)
+        if bare is not None:
+            return _tool_name_invoke(text, bare.end(), close, (raw, start, end), tools)
+        return ToolCallError(
+            'invalid <invoke> tag (expected name="..." or <tool_name>)', raw, start, end
+        )
     name = tag.group(1).strip()
     args: dict[str, object] = {}
     pos = tag.end()
@@ -80,3 +93,33 @@ def _invoke(
         args[key] = convert_value(value, tools.param_type(name, key))
         pos = value_end + len(PARAM_CLOSE)
     return build_call(name, args, raw, start, end, tools)
+
+
+def _tool_name_invoke(
+    text: str, pos: int, close: int, where: tuple[str, int, int], tools: ToolIndex
+) -> ToolCall | ToolCallError:
+    """``<tool_name>f</tool_name><parameters><p>v</p>...</parameters>`` in
+    ``text[pos:close]``; ``where`` is the whole invoke's (raw text, start, end)."""
+    name_tag = TOOL_NAME.match(text, pos, close)
+    if name_tag is None or not name_tag.group(1).strip():
+        return ToolCallError("<invoke> without a <tool_name>", *where)
+    name = name_tag.group(1).strip()
+    params = PARAMETERS_OPEN.match(text, name_tag.end(), close)
+    if params is None:
+        return build_call(name, {}, *where, tools)
+    params_end = text.find(PARAMETERS_CLOSE, params.end(), close)
+    if params_end == -1:
+        return ToolCallError("unclosed <parameters>", *where, name)
+    args: dict[str, object] = {}
+    pos = params.end()
+    while (child := CHILD_TAG.match(text, pos, params_end)) is not None:
+        key = child.group(1)
+        value_end = text.find(f"</{key}>", child.end(), params_end)
+        if value_end == -1:
+            return ToolCallError(f"unclosed <{key}> in <parameters>", *where, name)
+        value = strip_one_newline(text[child.end() : value_end])
+        args[key] = convert_value(value, tools.param_type(name, key))
+        pos = value_end + len(key) + 3
+    if text[pos:params_end].strip():
+        return ToolCallError("malformed <parameters> element", *where, name)
+    return build_call(name, args, *where, tools)
