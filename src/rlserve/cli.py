@@ -1,4 +1,4 @@
-"""`rlserve` command line: generate, serve, sandbox."""
+"""`rlserve` command line: generate, serve, sandbox, eval."""
 
 from __future__ import annotations
 
@@ -17,6 +17,10 @@ def main(argv: list[str] | None = None) -> int:
         from rlserve.sandbox.cli import main as sandbox_main
 
         return sandbox_main(argv[1:]) or 0
+    if argv and argv[0] == "eval":
+        from rlserve.eval.cli import main as eval_main
+
+        return eval_main(argv[1:])
     parser = argparse.ArgumentParser(prog="rlserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="complete a prompt and print tokens and logprobs")
@@ -32,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--json", action="store_true", help="print one JSON object per sample")
     sub.add_parser("serve", help="OpenAI-compatible + RL server (see `rlserve serve -h`)")
     sub.add_parser("sandbox", help="Python sandbox over HTTP (see `rlserve sandbox -h`)")
+    sub.add_parser("eval", help="score a model on math problems (see `rlserve eval -h`)")
     args = parser.parse_args(argv)
     return _generate(args)
 

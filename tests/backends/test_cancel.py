@@ -100,6 +100,8 @@ def test_cancelling_a_finished_request_does_nothing_and_bad_indices_are_refused(
     assert [s.finish_reason for s in on_done.by_index().values()] == ["length", "length"]
     with pytest.raises(ValueError, match=r"request indices in \[0, 2\)"):
         native.generate([(ids, SHORT), (ids, LONG)], Recorder([7]))
+    with pytest.raises(ValueError, match="on_done must return request indices"):
+        native.generate([(ids, SHORT), (ids, LONG)], lambda k, s: 1)
     assert not native.engine.has_unfinished_requests()  # the failed call aborted the rest
 
 

@@ -122,6 +122,10 @@ class Cancels:
     def _note(self, indices: Iterable[int] | None, source: str) -> None:
         if indices is None:
             return
+        if not isinstance(indices, Iterable) or isinstance(indices, (str, bytes)):
+            raise ValueError(
+                f"{source} must return request indices to cancel or None, got {indices!r}"
+            )
         for index in indices:
             if not (is_int(index) and 0 <= index < self.num_requests):
                 raise ValueError(

@@ -9,6 +9,7 @@ calls are parsed, formatted and executed by `rlserve.tools`.
 
 from rlserve.backends import EngineBackend, InferenceBackend, RemoteBackend, Sample
 from rlserve.rl.chat_turns import TemplateError
+from rlserve.rl.loop import RolloutWatch
 from rlserve.rl.rollout import RolloutConfig, rollout, rollout_batch
 from rlserve.rl.tir import TIRConfig
 from rlserve.rl.trajectory import Segment, Trajectory
@@ -21,6 +22,7 @@ __all__ = [
     "ClientGenerator",
     "EngineGenerator",
     "RolloutConfig",
+    "RolloutWatch",
     "Sample",
     "Segment",
     "TIRConfig",

@@ -13,9 +13,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from rlserve._checks import check_number, check_positive_int
+from rlserve._checks import check_number, check_positive_int, is_token_ids
 from rlserve.backends import as_backend
-from rlserve.rl.loop import LoopLimits, RolloutLoop
+from rlserve.rl.loop import LoopLimits, RolloutLoop, RolloutWatch
 from rlserve.rl.modes import ChatToolMode, Mode
 from rlserve.rl.tir import TIRConfig
 from rlserve.rl.tir_mode import TIRMode
@@ -90,6 +90,8 @@ def rollout_batch(
     max_tool_workers: int = 16,
     tir: TIRConfig | None = None,
     sandbox: Sandbox | None = None,
+    watch: RolloutWatch | None = None,
+    prompt_ids: list[list[int]] | None = None,
 ) -> list[Trajectory]:
     """Run many conversations together; one `Trajectory` each, in order.
 
@@ -101,7 +103,10 @@ def rollout_batch(
     failure the model caused. `params`: per round (n = 1; a set `seed` is offset by the
     conversation's index). For a GRPO group, pass the same conversation several times.
     With `tir`, code between its markers runs in `sandbox` (default: a fresh `Sandbox()`
-    for this call) and `tool_executors` must be None.
+    for this call) and `tool_executors` must be None. `watch`: a `RolloutWatch` told of
+    each trajectory as it ends, which may stop others (early stopping, time budgets).
+    `prompt_ids`: each trajectory's first prompt as token ids (already rendered, e.g. by
+    a prompt template), used instead of rendering its conversation.
     """
     config = RolloutConfig(
         max_assistant_turns,
@@ -114,13 +119,15 @@ def rollout_batch(
     )
     params = _check_params(params)
     conversations = _check_conversations(conversations)
+    prompt_ids = _check_prompt_ids(prompt_ids, len(conversations))
     backend = as_backend(engine_or_client, lora_name)
     budget = _budget(config.max_total_tokens, backend.max_model_len)
     limits = LoopLimits(
         config.max_assistant_turns, budget, config.tool_timeout_s, config.max_tool_workers
     )
     with _mode(backend.tokenizer, tools, tool_executors, config, sandbox) as mode:
-        return RolloutLoop(backend, mode, params, limits).run(conversations, tools)
+        loop = RolloutLoop(backend, mode, params, limits, watch)
+        return loop.run(conversations, tools, prompt_ids)
 
 
 @contextmanager
@@ -170,6 +177,17 @@ def _check_conversations(conversations: Any) -> list[list[dict[str, Any]]]:
         if not isinstance(conv, list) or not conv or not all(isinstance(m, dict) for m in conv):
             raise ValueError("each conversation must be a non-empty list of message dicts")
     return conversations
+
+
+def _check_prompt_ids(prompt_ids: Any, count: int) -> list[list[int]] | None:
+    if prompt_ids is None:
+        return None
+    if not isinstance(prompt_ids, list) or len(prompt_ids) != count:
+        raise ValueError(f"prompt_ids must be a list of {count} token-id lists, one a conversation")
+    for k, ids in enumerate(prompt_ids):
+        if not (is_token_ids(ids) and ids):
+            raise ValueError(f"prompt_ids[{k}] must be a non-empty list of token ids")
+    return [list(ids) for ids in prompt_ids]
 
 
 def _check_executors(executors: Mapping[str, ToolExecutor] | None) -> dict[str, ToolExecutor]:

@@ -32,10 +32,12 @@ class CodeRun:
 
 @dataclass
 class CodeOutput:
-    """What the run printed, formatted for the model; or why the sandbox failed."""
+    """What the run printed, formatted for the model; or why the sandbox failed.
+    `status`: the sandbox's (`rlserve.sandbox.STATUSES`), or "no_code"."""
 
     text: str = ""
     infra_error: str | None = None
+    status: str = "completed"
 
 
 class TIRMode:
@@ -81,15 +83,18 @@ class TIRMode:
 
     def execute(self, plan: CodeRun) -> CodeOutput:
         if plan.code is None:
-            return CodeOutput(missing_code_message(self.config))
+            return CodeOutput(missing_code_message(self.config), status="no_code")
         result = self.sandbox.run(
             code_to_run(plan.code, self.config), timeout=self.config.timeout_s
         )
         if result.status == "sandbox_error":
-            return CodeOutput(infra_error=f"sandbox error: {result.stderr.strip()}")
-        return CodeOutput(format_output(result, self.config))
+            return CodeOutput(
+                infra_error=f"sandbox error: {result.stderr.strip()}", status=result.status
+            )
+        return CodeOutput(format_output(result, self.config), status=result.status)
 
     def continuation(self, traj: Trajectory, plan: CodeRun, outcome: CodeOutput) -> Continuation:
+        traj.code_statuses.append(outcome.status)
         if outcome.infra_error is not None:
             return Continuation(infra_error=outcome.infra_error)
         block = output_block(outcome.text)

@@ -52,6 +52,9 @@ class Trajectory:
     the first prompt did not fit): drop them rather than penalise; `error` says why.
     `template_exact` is False when some inserted tokens came from the fallback path (the
     template did not re-render the sampled history exactly; see `rlserve.rl.chat_turns`).
+    `code_statuses` (TIR mode): the sandbox status of each code run whose result came back,
+    in order ("completed", "error", "timeout", ..., "sandbox_error"; "no_code" for an end
+    marker without code).
     """
 
     prompt_ids: list[int]
@@ -67,6 +70,7 @@ class Trajectory:
     error: str | None = None
     num_turns: int = 0
     template_exact: bool = True
+    code_statuses: list[str] = field(default_factory=list)
 
     @property
     def token_ids(self) -> list[int]:
@@ -139,4 +143,5 @@ class Trajectory:
             "error": self.error,
             "num_turns": self.num_turns,
             "template_exact": self.template_exact,
+            "code_statuses": self.code_statuses,
         }
