@@ -144,3 +144,19 @@ def test_remote_and_tinker_from_one_word(tmp_path, bundled):
         assert out.error is None and len(out.token_ids) == 3
     finally:
         stand_in.close()
+
+
+@pytest.mark.parametrize("kind", ["native", "huggingface"])
+def test_trust_remote_code_reaches_the_local_backends(kind: str) -> None:
+    """The bundled checkpoint needs no code of its own, so it loads either way; the flag
+    must arrive where the model is loaded."""
+    backend = create_backend(kind, trust_remote_code=True)
+    try:
+        if kind == "native":
+            assert backend.engine.config.trust_remote_code is True
+        else:
+            assert backend.tokenizer is not None and backend.model is not None
+    finally:
+        backend.close()
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        create_backend(kind, trust_remote_code="yes")

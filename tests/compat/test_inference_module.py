@@ -424,7 +424,7 @@ def test_generation_logits(native: InferenceModule) -> None:
         ({"backend": "native", "device": "tpu"}, "device"),
         ({"backend": "native", "dtype": "int4"}, "dtype"),
         ({"model_name": "gpt2", "backend": "huggingface"}, "gpt2"),
-        ({"backend": "huggingface", "trust_remote_code": True}, "trust_remote_code"),
+        ({"backend": "huggingface", "trust_remote_code": "yes"}, "trust_remote_code"),
         ({"backend": "native", "gradient_checkpointing": True}, "gradient_checkpointing"),
         ({"backend": "native", "model": MODEL}, "model_name"),
         ({"backend": "remote"}, "base_url"),

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from rlserve._checks import ParamError, check_positive_int
+from rlserve._checks import ParamError, check_bool, check_positive_int
 from rlserve.config import BUNDLED_MODEL
 
 KINDS = ("native", "huggingface", "remote", "tinker", "auto")
@@ -31,7 +31,8 @@ class BackendConfig:
     `dialect` (the admin endpoints' dialect: rlserve, vllm or sglang) are for "remote";
     `sampling_client` (a tinker `SamplingClient`) or `service` (a service holder with
     `sample_from_prompt`) for "tinker"; `engine_options` are extra `EngineConfig` fields for
-    "native"; `lora_name` is the adapter requests run on (None: the base model).
+    "native"; `lora_name` is the adapter requests run on (None: the base model);
+    `trust_remote_code` lets a local backend run the checkpoint's own model code.
     """
 
     kind: str = "auto"
@@ -46,6 +47,7 @@ class BackendConfig:
     sampling_client: Any = None
     service: Any = None
     lora_name: str | None = None
+    trust_remote_code: bool = False
     engine_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -61,6 +63,7 @@ class BackendConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
                 raise ParamError(name, f"{name} must be a non-empty string or None, got {value!r}")
+        check_bool("trust_remote_code", self.trust_remote_code)
         if not isinstance(self.engine_options, dict):
             raise ParamError(
                 "engine_options",

@@ -54,6 +54,7 @@ class HuggingFaceBackend:
         device: str = "cpu",
         dtype: str = "float32",
         max_model_len: int | None = None,
+        trust_remote_code: bool = False,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -63,13 +64,17 @@ class HuggingFaceBackend:
             device=device,
             dtype=dtype,
             max_model_len=max_model_len,
+            trust_remote_code=trust_remote_code,
         )
         path = str(config.model_path)
+        remote_code = config.trust_remote_code
         self.device = torch.device(resolved_device(config.device))
         torch_dtype = getattr(torch, resolved_dtype(config.dtype, config.model_path))
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch_dtype, trust_remote_code=remote_code
+        )
         self.model.to(self.device).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote_code)
         self.vocab_size: int = self.model.config.vocab_size
         self.max_model_len: int | None = max_model_len or getattr(
             self.model.config, "max_position_embeddings", None
@@ -82,7 +87,13 @@ class HuggingFaceBackend:
 
     @classmethod
     def from_config(cls, config: BackendConfig) -> HuggingFaceBackend:
-        backend = cls(config.model, config.device, config.dtype, config.max_model_len)
+        backend = cls(
+            config.model,
+            config.device,
+            config.dtype,
+            config.max_model_len,
+            config.trust_remote_code,
+        )
         if config.lora_name is not None:
             raise ValueError(
                 "lora_name: the huggingface backend runs the adapters it loads itself; "

@@ -48,7 +48,7 @@ class EngineBackend:
         """An engine on `config.model` (None: bundled), dtype, device, max_model_len and
         `engine_options` (further `EngineConfig` fields)."""
         options = dict(config.engine_options)
-        for name in ("model", "dtype", "device", "max_model_len"):
+        for name in ("model", "dtype", "device", "max_model_len", "trust_remote_code"):
             if name in options:
                 raise ValueError(f"engine_options: set {name!r} on the BackendConfig itself")
         engine = Engine(
@@ -56,6 +56,7 @@ class EngineBackend:
             dtype=resolved_dtype(config.dtype, config.model_path),
             device=resolved_device(config.device),
             max_model_len=config.max_model_len,
+            trust_remote_code=config.trust_remote_code,
             **options,
         )
         backend = cls(engine, config.lora_name)

@@ -51,13 +51,13 @@ def backend_config_of(config: InferenceEngineConfig) -> BackendConfig:
         "api_key": rollout.api_key,
         "admin_key": rollout.admin_key,
         "dialect": DIALECTS.get(rollout.name, "rlserve"),
+        # the server loads a remote model; its tokenizer needs no checkpoint code
+        "trust_remote_code": config.trust_remote_code and not remote,
     }
     try:
         backend_config = BackendConfig(**values)
         if not remote and backend_config.resolved_kind() == "native":
             backend_config = replace(backend_config, engine_options=_native_options(config))
-        elif config.trust_remote_code:
-            backend_config = _with_remote_code(backend_config)
     except ParamError as exc:
         raise _renamed(exc) from None
     return backend_config
@@ -80,21 +80,7 @@ def _native_options(config: InferenceEngineConfig) -> dict[str, Any]:
         value = getattr(rollout, name)
         if value is not None:
             options[name] = value
-    if config.trust_remote_code:
-        options["trust_remote_code"] = True
     return options
-
-
-def _with_remote_code(backend_config: BackendConfig) -> BackendConfig:
-    if backend_config.kind == "remote":
-        return backend_config  # the server loads the model; the tokenizer needs no code
-    if "trust_remote_code" in {f.name for f in fields(BackendConfig)}:
-        return replace(backend_config, trust_remote_code=True)  # type: ignore[call-arg]
-    raise ParamError(
-        "trust_remote_code",
-        "trust_remote_code: the huggingface backend does not run checkpoint code here; "
-        "set it to false",
-    )
 
 
 def _renamed(exc: ParamError) -> ParamError:

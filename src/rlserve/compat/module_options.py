@@ -48,12 +48,6 @@ def module_options(model_name: str | None, backend: str, kwargs: dict[str, Any])
     checkpointing = check_bool(
         "gradient_checkpointing", values.pop("gradient_checkpointing", False)
     )
-    if check_bool("trust_remote_code", values.pop("trust_remote_code", False)):
-        raise ParamError(
-            "trust_remote_code",
-            "trust_remote_code=True is not supported: rlserve runs only model code that "
-            "ships with transformers (or its own engine), never code from a checkpoint",
-        )
     kind = backend
     if backend in SERVER_KINDS:
         kind = "remote"
