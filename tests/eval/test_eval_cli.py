@@ -165,7 +165,7 @@ def test_tir_run_with_a_sandbox_error_and_a_timeout(tmp_path, bundled):
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out, summary = tmp_path / "samples.jsonl", tmp_path / "summary.json"
     policy = ScriptedPolicy(bundled.tokenizer, tir_reply)
-    argv = ["--data", str(data), "--tir", "--sandbox-timeout-s", "0.5", "--output", str(out),
+    argv = ["--data", str(data), "--tir", "--sandbox-timeout-s", "4", "--output", str(out),
             "--summary-json", str(summary), "--no-progress"]  # fmt: skip
     assert eval_main(argv, backend=policy) == 0
     records = {r.problem_id: r for r in read_jsonl(out)}

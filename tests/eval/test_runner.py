@@ -191,7 +191,7 @@ def tir_reply(prompt: str) -> str:
 
 def test_tir_records_code_errors_and_sandbox_timeouts(bundled):
     problems = [Problem(str(i), q, "5") for i, q in enumerate(TIR_REPLIES)]
-    config = EvalConfig(k=1, tir=True, sandbox_timeout_s=1.0)
+    config = EvalConfig(k=1, tir=True, sandbox_timeout_s=4.0)
     with Sandbox() as box:
         records = run_eval(
             ScriptedPolicy(bundled.tokenizer, tir_reply), problems, config, False, sandbox=box
