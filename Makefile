@@ -4,7 +4,7 @@ TORCH_PIN := torch==2.13.0
 # The local CPU wheel, where this machine has one (an unpinned torch pulls GBs of CUDA).
 WHEELS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
 
-.PHONY: install test run serve lint bench
+.PHONY: install test run serve lint bench grpo
 
 .venv/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -18,8 +18,8 @@ test: install
 	$(PY) -m pytest
 
 lint: install
-	$(PY) -m ruff check src tests bench scripts
-	$(PY) -m ruff format --check src tests bench scripts
+	$(PY) -m ruff check src tests bench scripts examples
+	$(PY) -m ruff format --check src tests bench scripts examples
 
 # make serve PORT=8001 HOST=127.0.0.1 ARGS="--max-batch 32"
 PORT ?= 8000
@@ -32,3 +32,8 @@ run: install
 
 bench: install
 	$(PY) bench/throughput.py --quick
+
+# GRPO on the bundled model, 9 minutes on CPU (examples/grpo.py --help for the knobs):
+# make grpo ARGS="--async" | ARGS="--server http://127.0.0.1:8000" | ARGS="--seed 1"
+grpo: install
+	$(PY) examples/grpo.py --time-budget-s 540 --out grpo_out $(ARGS)
