@@ -1,4 +1,5 @@
-"""A random-weight checkpoint with Qwen3-0.6B's real shapes, built once and cached on disk."""
+"""Random-weight Qwen3-shaped checkpoints (0.6B's real shapes, and a ~50M one), built once
+and cached on disk."""
 
 from __future__ import annotations
 
@@ -27,14 +28,35 @@ QWEN3_0_6B = dict(
     tie_word_embeddings=True,
 )
 
+# ~48M parameters: a small model whose 32k vocabulary is a third of it, as in small LMs.
+QWEN3_SMALL = QWEN3_0_6B | dict(
+    vocab_size=32768,
+    hidden_size=512,
+    intermediate_size=1536,
+    num_hidden_layers=10,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    head_dim=64,
+)
+
 
 def qwen3_0_6b_checkpoint() -> Path:
     """Folder of the random Qwen3-0.6B-shaped checkpoint (fp32), built on first use."""
-    path = CACHE / "qwen3-0.6b-random"
+    return random_checkpoint("qwen3-0.6b-random", QWEN3_0_6B)
+
+
+def qwen3_small_checkpoint() -> Path:
+    """Folder of the random ~50M-parameter Qwen3-shaped checkpoint (fp32)."""
+    return random_checkpoint("qwen3-small-random", QWEN3_SMALL)
+
+
+def random_checkpoint(name: str, shape: dict) -> Path:
+    """Folder `name` in the cache holding a random-weight Qwen3 checkpoint of `shape`."""
+    path = CACHE / name
     if (path / "model.safetensors").exists():
         return path
     path.mkdir(parents=True, exist_ok=True)
-    config = Qwen3Config(**QWEN3_0_6B, architectures=["Qwen3ForCausalLM"])
+    config = Qwen3Config(**shape, architectures=["Qwen3ForCausalLM"])
     config.save_pretrained(path)
     save_file(_random_weights(config), str(path / "model.safetensors"))
     # The bundled tokenizer stands in: prompts are token ids; text is only for display.

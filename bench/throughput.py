@@ -1,12 +1,17 @@
-"""Throughput: rlserve vs transformers `generate`, and batch-1 decode vs the bandwidth limit.
+"""Throughput against transformers `generate` and against the machine's roofs, all in one run.
 
-Runs on a random-weight checkpoint with Qwen3-0.6B's real shapes (fp32), in one process:
-  M  64 requests, prompts 32-512 tokens, outputs 16-256 tokens, ignore_eos
+Models (random weights where named so, built on the fly): the bundled model (`bundled`), a
+~50M-parameter Qwen3 shape (`small`), Qwen3-0.6B's real shapes (`0.6b`). For each model
+and dtype:
+  M  mixed: 64 requests, prompts 32-512 tokens, outputs 16-256 tokens, ignore_eos
      (transformers: padded batches of the same requests, the best batch size tried)
   G  a GRPO batch: 8 prompts x n=8 samples, prompt 256, output 128
-  B1 batch-1 decode ms/step against weight bytes read per step / measured copy bandwidth
-     (the issue's limit) and / measured read bandwidth (stricter: a copy also writes)
-Usage: python bench/throughput.py [--quick] [--threads 2] [--hf-batch-sizes 8,16]
+  B1 batch-1 decode ms/step against the bytes one step reads / measured read bandwidth
+Each figure also gets its share of the compute roof (useful FLOPs / time / peak GEMM FLOP/s,
+the peak measured in the run's dtype) and of the read roof (bytes moved / time / read
+bandwidth): see roofline.py for what counts.
+Usage: python bench/throughput.py [--quick] [--models bundled,small,0.6b]
+         [--dtype float32,bfloat16] [--threads 2] [--hf-batch-sizes 8,16] [--skip-hf]
        python bench/throughput.py --device cuda --dtype bfloat16   (logits stay fp32)
 """
 
@@ -19,11 +24,27 @@ import time
 from dataclasses import dataclass
 
 import torch
-from checkpoint import qwen3_0_6b_checkpoint
+from checkpoint import qwen3_0_6b_checkpoint, qwen3_small_checkpoint
+from hf_peer import TEMPERATURE, load_hf, run_hf_m
+from roofline import (  # noqa: F401  (bandwidths: imported from here by older scripts)
+    Roofs,
+    Shape,
+    Work,
+    bandwidths,
+    decode_step_bytes,
+    generation_work,
+    measure_roofs,
+    shares,
+)
 
 from rlserve import Engine, SamplingParams
+from rlserve.config import BUNDLED_MODEL, auto_dtype
 
-TEMPERATURE = 0.8
+MODELS = {
+    "bundled": lambda: BUNDLED_MODEL,
+    "small": qwen3_small_checkpoint,
+    "0.6b": qwen3_0_6b_checkpoint,
+}
 
 
 @dataclass
@@ -40,6 +61,22 @@ class Workload:
 
 FULL = Workload(64, (32, 512), (16, 256), 8, 8, 256, 128, 64)
 QUICK = Workload(12, (32, 128), (16, 48), 2, 4, 64, 16, 16)
+B1_PROMPT = 32
+
+
+@dataclass
+class Result:
+    """One model in one dtype: tokens/s, and shares of the roofs."""
+
+    m: float
+    m_shares: tuple[float, float]
+    g: float
+    g_shares: tuple[float, float]
+    g_prompt_computed: int
+    b1: float
+    b1_limit: float
+    hf: dict[int, float]
+    hf_shares: tuple[float, float] | None
 
 
 def make_requests(w: Workload, vocab: int) -> list[tuple[list[int], int]]:
@@ -53,73 +90,28 @@ def make_requests(w: Workload, vocab: int) -> list[tuple[list[int], int]]:
     ]
 
 
-def bandwidths(device: str, num_bytes: int = 1 << 30) -> tuple[float, float]:
-    """Bytes per second of a large tensor copy (memcpy) and of a pure read (a sum), best of 5.
-    A copy also writes what it reads, so the read rate is the stricter limit for decode."""
-    src = torch.ones(num_bytes // 4, device=device)
-    dst = torch.empty_like(src)
-
-    def timed(fn) -> float:
-        sync(device)
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        return time.perf_counter() - t
-
-    best_copy = min(timed(lambda: dst.copy_(src)) for _ in range(5))
-    best_read = min(timed(src.sum) for _ in range(5))
-    return num_bytes / best_copy, num_bytes / best_read
+def timed_generate(engine: Engine, prompts, params) -> tuple[list, float, int]:
+    """(outputs, seconds, engine steps) of one `generate` call on a cold prefix cache."""
+    engine.reset_prefix_cache()
+    steps = engine.stats()["steps"]
+    t = time.perf_counter()
+    outs = engine.generate(prompts, params)
+    return outs, time.perf_counter() - t, engine.stats()["steps"] - steps
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def run_rlserve_m(engine: Engine, requests) -> float:
+def run_rlserve_m(engine: Engine, requests, shape: Shape, roofs: Roofs):
     params = [
         SamplingParams(temperature=TEMPERATURE, max_tokens=n, ignore_eos=True, seed=i)
         for i, (_, n) in enumerate(requests)
     ]
-    engine.reset_prefix_cache()
-    t = time.perf_counter()
-    outs = engine.generate([p for p, _ in requests], params)
-    elapsed = time.perf_counter() - t
+    outs, seconds, steps = timed_generate(engine, [p for p, _ in requests], params)
     produced = sum(len(c.token_ids) for o in outs for c in o.outputs)
     assert produced == sum(n for _, n in requests)
-    return produced / elapsed
+    work = generation_work(shape, [(len(p), n) for p, n in requests], steps)
+    return produced / seconds, shares(work, seconds, roofs)
 
 
-def run_hf_m(model, requests, batch_size: int) -> float:
-    """transformers generate over left-padded batches; counts only the requested tokens."""
-    device = model.device
-    t = time.perf_counter()
-    for start in range(0, len(requests), batch_size):
-        batch = requests[start : start + batch_size]
-        width = max(len(p) for p, _ in batch)
-        ids = torch.zeros(len(batch), width, dtype=torch.long)
-        mask = torch.zeros(len(batch), width, dtype=torch.long)
-        for row, (p, _) in enumerate(batch):
-            ids[row, width - len(p) :] = torch.tensor(p)
-            mask[row, width - len(p) :] = 1
-        new = max(n for _, n in batch)
-        with torch.no_grad():
-            model.generate(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
-                max_new_tokens=new,
-                min_new_tokens=new,
-                do_sample=True,
-                temperature=TEMPERATURE,
-                top_k=0,
-                top_p=1.0,
-                eos_token_id=None,
-                pad_token_id=0,
-            )
-    return sum(n for _, n in requests) / (time.perf_counter() - t)
-
-
-def run_group(engine: Engine, w: Workload, vocab: int) -> tuple[float, int]:
+def run_group(engine: Engine, w: Workload, vocab: int, shape: Shape, roofs: Roofs):
     rng = random.Random(1)
     prompts = [
         [rng.randrange(vocab) for _ in range(w.group_prompt_len)] for _ in range(w.group_prompts)
@@ -127,18 +119,21 @@ def run_group(engine: Engine, w: Workload, vocab: int) -> tuple[float, int]:
     params = SamplingParams(
         n=w.group_n, temperature=TEMPERATURE, ignore_eos=True, max_tokens=w.group_output_len, seed=3
     )
-    engine.reset_prefix_cache()
     before = engine.stats()["prompt_tokens_computed"]
-    t = time.perf_counter()
-    outs = engine.generate(prompts, params)
-    elapsed = time.perf_counter() - t
+    outs, seconds, steps = timed_generate(engine, prompts, params)
     produced = sum(len(c.token_ids) for o in outs for c in o.outputs)
-    return produced / elapsed, engine.stats()["prompt_tokens_computed"] - before
+    # Useful work: one prefill per prompt, then n continuations that share it.
+    useful = [(w.group_prompt_len, w.group_output_len)] * w.group_prompts
+    useful += [(1, w.group_output_len)] * (w.group_prompts * (w.group_n - 1))
+    work = generation_work(shape, useful, steps)
+    computed = engine.stats()["prompt_tokens_computed"] - before
+    return produced / seconds, shares(work, seconds, roofs), computed
 
 
 def run_batch1_decode(engine: Engine, steps: int) -> float:
+    vocab = engine.model.config.vocab_size
     engine.add_request(
-        list(range(1000, 1032)),
+        [t % vocab for t in range(1000, 1000 + B1_PROMPT)],
         SamplingParams(temperature=TEMPERATURE, max_tokens=steps + 1, ignore_eos=True, seed=0),
     )
     engine.step()  # prefill
@@ -151,19 +146,7 @@ def run_batch1_decode(engine: Engine, steps: int) -> float:
     return times[len(times) // 2]  # median: robust to a stray hiccup
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a small version (~1-2 minutes)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--hf-batch-sizes", default=None, help="comma-separated, e.g. 8,16")
-    parser.add_argument("--skip-hf", action="store_true")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", help="weights and KV cache")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    w = QUICK if args.quick else FULL
-    sizes = [int(s) for s in (args.hf_batch_sizes or ("4,12" if args.quick else "16")).split(",")]
-    path = qwen3_0_6b_checkpoint()
+def run_model(path, dtype: str, args, w: Workload, roofs: Roofs) -> Result:
     engine = Engine(
         path,
         kv_cache_memory=(2 if args.quick else 8) * 1024**3,
@@ -171,70 +154,123 @@ def main() -> None:
         max_num_seqs=64,
         max_num_batched_tokens=2048,
         device=args.device,
-        dtype=args.dtype,
+        dtype=dtype,
     )
-    vocab = engine.model.config.vocab_size
-    weight_bytes = sum(p.numel() * p.element_size() for p in engine.model.parameters())
+    shape, vocab = Shape.of(engine.model), engine.model.config.vocab_size
     requests = make_requests(w, vocab)
-    where = args.device if args.device != "cpu" else f"cpu, {args.threads} threads"
-    print(
-        f"{'quick' if args.quick else 'full'} run, {args.dtype} ({where}), "
-        f"weights {weight_bytes / 1e9:.2f} GB",
-        flush=True,
-    )
-
-    copy_bw, read_bw = bandwidths(args.device)
     b1 = run_batch1_decode(engine, w.b1_steps)
-    copy_limit, read_limit = weight_bytes / copy_bw, weight_bytes / read_bw
-    print(
-        f"B1: {b1 * 1e3:.1f} ms/step; copy {copy_bw / 1e9:.1f} GB/s -> limit "
-        f"{copy_limit * 1e3:.1f} ms; read {read_bw / 1e9:.1f} GB/s -> {read_limit * 1e3:.1f} ms",
-        flush=True,
-    )
-    ours_m = run_rlserve_m(engine, requests)
-    print(f"M: rlserve {ours_m:.1f} tok/s", flush=True)
-    ours_g, group_prompt_computed = run_group(engine, w, vocab)
-    print(
-        f"G: rlserve {ours_g:.1f} tok/s, {group_prompt_computed} prompt tokens computed", flush=True
-    )
+    b1_limit = decode_step_bytes(shape, B1_PROMPT + w.b1_steps // 2) / roofs.read_bw
+    m, m_shares = run_rlserve_m(engine, requests, shape, roofs)
+    g, g_shares, computed = run_group(engine, w, vocab, shape, roofs)
+    print(f"  B1 {b1 * 1e3:.1f} ms/step; M {m:.1f} tok/s; G {g:.1f} tok/s", flush=True)
     del engine
     gc.collect()
-
-    hf_results = {}
+    hf: dict[int, float] = {}
+    hf_shares = None
     if not args.skip_hf:
-        from transformers import AutoModelForCausalLM
+        model = load_hf(path, getattr(torch, dtype), args.device)
+        steps = {}
+        for bs in args.sizes:
+            hf[bs], steps[bs] = run_hf_m(model, requests, bs)
+            print(f"  M: transformers generate, batch {bs}: {hf[bs]:.1f} tok/s", flush=True)
+        best = max(hf, key=hf.get)
+        work = generation_work(shape, [(len(p), n) for p, n in requests], steps[best])
+        hf_shares = shares(work, sum(n for _, n in requests) / hf[best], roofs)
+        del model
+        gc.collect()
+    return Result(m, m_shares, g, g_shares, computed, b1, b1_limit, hf, hf_shares)
 
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype))
-        model = model.to(args.device).eval()
-        for bs in sizes:
-            hf_results[bs] = run_hf_m(model, requests, bs)
-            print(f"M: transformers generate, batch {bs}: {hf_results[bs]:.1f} tok/s", flush=True)
-    best_bs = max(hf_results, key=hf_results.get) if hf_results else None
 
-    print("\n| measure | rlserve | peer | ratio |\n|---|---|---|---|")
-    if best_bs is not None:
-        tried = ", ".join(f"bs{bs}: {v:.1f}" for bs, v in hf_results.items())
+def pct(pair: tuple[float, float] | None) -> str:
+    return "- | -" if pair is None else f"{pair[0]:.0%} | {pair[1]:.0%}"
+
+
+def print_table(results: dict[tuple[str, str], Result], w: Workload, roofs: dict) -> None:
+    print(
+        "\n| model | dtype | measure | rlserve | peer | ratio | rlserve % compute roof | "
+        "rlserve % read roof | peer % compute roof | peer % read roof |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for (name, dtype), r in results.items():
+        head = f"| {name} | {dtype} |"
+        if r.hf:
+            best = max(r.hf, key=r.hf.get)
+            tried = ", ".join(f"bs{bs}: {v:.1f}" for bs, v in r.hf.items())
+            peer, ratio = f"{r.hf[best]:.1f} (HF generate, {tried})", f"{r.m / r.hf[best]:.2f}x"
+        else:
+            peer, ratio = "-", "-"
         print(
-            f"| M: output tok/s ({w.num_requests} requests) | {ours_m:.1f} | "
-            f"{hf_results[best_bs]:.1f} (HF generate, {tried}) | "
-            f"{ours_m / hf_results[best_bs]:.2f}x |"
+            f"{head} M: output tok/s ({w.num_requests} requests) | {r.m:.1f} | {peer} | {ratio} "
+            f"| {pct(r.m_shares)} | {pct(r.hf_shares)} |"
         )
-    else:
-        print(f"| M: output tok/s ({w.num_requests} requests) | {ours_m:.1f} | - | - |")
-    ideal = w.group_prompts * w.group_prompt_len
-    print(f"| G: output tok/s ({w.group_prompts} prompts x n={w.group_n}) | {ours_g:.1f} | - | - |")
-    print(
-        f"| G: prompt tokens computed | {group_prompt_computed} | {ideal} (one prefill per "
-        f"group; {ideal * w.group_n} without sharing) | {group_prompt_computed / ideal:.2f} |"
-    )
-    print(
-        f"| B1: decode ms/step | {b1 * 1e3:.1f} | {copy_limit * 1e3:.1f} (weights / copy "
-        f"bandwidth {copy_bw / 1e9:.1f} GB/s) | {copy_limit / b1:.0%} of limit |"
-    )
-    print(
-        f"| B1: decode ms/step | {b1 * 1e3:.1f} | {read_limit * 1e3:.1f} (weights / read "
-        f"bandwidth {read_bw / 1e9:.1f} GB/s) | {read_limit / b1:.0%} of limit |"
-    )
+        ideal = w.group_prompts * w.group_prompt_len
+        print(
+            f"{head} G: output tok/s ({w.group_prompts} prompts x n={w.group_n}; prompt tokens "
+            f"computed {r.g_prompt_computed}, ideal {ideal}) | {r.g:.1f} | - | - | "
+            f"{pct(r.g_shares)} | - | - |"
+        )
+        print(
+            f"{head} B1: decode ms/step | {r.b1 * 1e3:.2f} | {r.b1_limit * 1e3:.2f} (bytes read "
+            f"/ read bandwidth) | {r.b1_limit / r.b1:.0%} of the read roof | - | - | - | - |"
+        )
+    print()
+    for dtype, roof in roofs.items():
+        print(
+            f"roofs, {dtype}: peak GEMM {roof.peak_flops / 1e9:.0f} GFLOP/s; read "
+            f"{roof.read_bw / 1e9:.1f} GB/s; copy {roof.copy_bw / 1e9:.1f} GB/s"
+        )
+    print_dtype_ratios(results)
+
+
+def print_dtype_ratios(results: dict[tuple[str, str], Result]) -> None:
+    for (name, dtype), r in results.items():
+        base = results.get((name, "float32"))
+        if dtype != "float32" and base is not None:
+            print(
+                f"{name}, {dtype} / float32 (rlserve): M {r.m / base.m:.2f}x, "
+                f"G {r.g / base.g:.2f}x, B1 {base.b1 / r.b1:.2f}x"
+            )
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a small version (~1-2 minutes)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--models", default="bundled,small,0.6b", help=f"of {sorted(MODELS)}")
+    parser.add_argument("--hf-batch-sizes", default=None, help="comma-separated, e.g. 8,16")
+    parser.add_argument("--skip-hf", action="store_true")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", help="comma-separated; auto allowed")
+    args = parser.parse_args()
+    args.models = args.models.split(",")
+    unknown = sorted(set(args.models) - set(MODELS))
+    if unknown:
+        parser.error(f"--models: unknown {unknown}; known: {sorted(MODELS)}")
+    dtypes = [auto_dtype(args.device) if d == "auto" else d for d in args.dtype.split(",")]
+    bad = sorted(set(dtypes) - {"float32", "bfloat16", "float16"})
+    if bad:
+        parser.error(f"--dtype: unknown {bad}; known: float32, bfloat16, float16, auto")
+    args.dtypes = list(dict.fromkeys(dtypes))
+    sizes = args.hf_batch_sizes or ("12" if args.quick else "16")
+    args.sizes = [int(s) for s in sizes.split(",")]
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    w = QUICK if args.quick else FULL
+    where = args.device if args.device != "cpu" else f"cpu, {args.threads} threads"
+    print(f"{'quick' if args.quick else 'full'} run ({where})", flush=True)
+    measured = measure_roofs(args.device, [getattr(torch, d) for d in args.dtypes])
+    roofs = {d: measured[getattr(torch, d)] for d in args.dtypes}
+    results: dict[tuple[str, str], Result] = {}
+    for name in args.models:
+        path = MODELS[name]()
+        for dtype in args.dtypes:  # dtypes interleaved per model: comparable under drift
+            print(f"{name}, {dtype}:", flush=True)
+            results[name, dtype] = run_model(path, dtype, args, w, roofs[dtype])
+    print_table(results, w, roofs)
 
 
 if __name__ == "__main__":

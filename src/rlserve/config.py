@@ -13,8 +13,9 @@ if TYPE_CHECKING:
     import torch
 
 BUNDLED_MODEL = Path(__file__).parent / "assets"
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16", "float16", "auto")
 DEFAULT_KV_CACHE_MEMORY = 512 * 1024**2
+QUANTIZATIONS = ("int8",)  # weight formats `quantization` may name (None: as loaded)
 SERVER_FLAG = "server_flag"  # metadata: the `rlserve serve` flag that sets this field
 
 
@@ -35,7 +36,13 @@ class EngineConfig:
             SERVER_FLAG: "--model",
         },
     )
-    dtype: str = field(default="float32", metadata={"help": "engine dtype"})
+    dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "engine dtype; auto: bfloat16 where the device has bf16 arithmetic "
+            "(CPUs with AVX512-BF16 / AMX, CUDA GPUs that support it), else float32"
+        },
+    )
     device: str = field(default="cpu", metadata={"help": "engine device"})
     max_num_seqs: int = field(
         default=256,
@@ -68,6 +75,13 @@ class EngineConfig:
             SERVER_FLAG: "--trust-remote-code",
         },
     )
+    quantization: str | None = field(
+        default=None,
+        metadata={
+            "help": "int8: decoder linear weights in int8 with per-output-channel scales "
+            "(embeddings, head and logits stay float; weight updates re-quantise)"
+        },
+    )
 
     def __post_init__(self) -> None:
         import torch
@@ -85,6 +99,13 @@ class EngineConfig:
             torch.device(self.device)
         except (RuntimeError, TypeError) as e:
             raise ValueError(f"device {self.device!r} is not a torch device: {e}") from None
+        if self.dtype == "auto":
+            self.dtype = auto_dtype(self.device)
+        if self.quantization is not None and self.quantization not in QUANTIZATIONS:
+            raise ValueError(
+                f"quantization must be None or one of {list(QUANTIZATIONS)}, "
+                f"got {self.quantization!r}"
+            )
         for name in ("max_num_seqs", "max_num_batched_tokens", "block_size"):
             check_positive_int(name, getattr(self, name))
         for name in ("max_model_len", "num_blocks", "kv_cache_memory"):
@@ -100,3 +121,33 @@ class EngineConfig:
         import torch
 
         return getattr(torch, self.dtype)
+
+
+def auto_dtype(device: str) -> str:
+    """What `dtype="auto"` means on `device`: bfloat16 where it computes bf16 natively."""
+    import torch
+
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return (
+            "bfloat16"
+            if torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+            else "float32"
+        )
+    return "bfloat16" if kind == "cpu" and cpu_has_bf16_dot() else "float32"
+
+
+def cpu_has_bf16_dot() -> bool:
+    """Whether this CPU has bf16 dot-product instructions (AVX512-BF16; every AMX CPU has
+    them too). Not `torch.ops.mkldnn._is_mkldnn_bf16_supported()`: that is true on any
+    AVX-512 CPU, where oneDNN emulates bf16 and runs slower than fp32."""
+    import torch
+
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    if probe is not None:
+        return bool(probe())
+    try:  # an older torch: the kernel's view of the CPU
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags

@@ -33,6 +33,7 @@ from rlserve.engine.sequence import Sequence
 from rlserve.engine.step import COUNTERS, StepRunner
 from rlserve.models.loader import WeightSource, load_model, read_config, update_weights
 from rlserve.models.lora import LoRAAdapter, load_adapter
+from rlserve.models.quant import quantize_model
 from rlserve.outputs import RequestOutput
 from rlserve.pause_mode import PauseMode
 from rlserve.sampling_params import SamplingParams
@@ -54,6 +55,7 @@ class EngineCore:
         self.model = load_model(
             self.model_path, c.torch_dtype, self.device, self.max_model_len, c.trust_remote_code
         )
+        quantize_model(self.model, c.quantization)
         self.tokenizer = AutoTokenizer.from_pretrained(
             self.model_path, trust_remote_code=c.trust_remote_code
         )
