@@ -193,6 +193,7 @@ def decode_groups(
                     [t + [0] * (width - len(t)) for _, t, _ in chunk], device=device
                 ),
                 mask=mask[:, None, None, :],
+                context_lens=lens,
             )
         )
     return groups
