@@ -37,7 +37,7 @@ from rlserve.config import BUNDLED_MODEL
 class GRPOConfig:
     """One run's settings, checked once (every CLI flag is one of these fields)."""
 
-    steps: int = 60
+    steps: int = 150
     prompts_per_step: int = 32
     group_size: int = 8
     max_tokens: int = 16

@@ -27,7 +27,7 @@ class TrainConfig:
     lr: float = 1e-4
     clip_eps: float = 0.2  # PPO's clip range of the probability ratio
     kl_coef: float = 0.0  # weight of the k3 KL-to-start penalty in the loss (0: logged only)
-    minibatches: int = 2  # optimiser steps per batch; after the first, the clip can bite
+    minibatches: int = 1  # optimiser steps per batch (above 1 the later ones are off-policy)
     max_grad_norm: float = 1.0
 
     def __post_init__(self) -> None:
