@@ -13,7 +13,7 @@ import torch
 
 from rlserve import SamplingParams
 from rlserve.engine.model_runner import decode_groups
-from rlserve.models import paged_kernel
+from rlserve.models import native_build, paged_kernel
 from rlserve.models.attention import (
     KERNEL_MAX_PREFILL,
     AttentionMetadata,
@@ -194,5 +194,5 @@ def test_without_compiler_falls_back_with_one_warning(monkeypatch, tmp_path):
     monkeypatch.setattr(paged_kernel, "_state", {})
     monkeypatch.delenv("CXX")
     assert (run() - out).abs().max() < 1e-5  # built into tmp_path this time
-    assert paged_kernel.library_path().parent == tmp_path
-    assert paged_kernel.library_path().exists()
+    built = native_build.library_path(paged_kernel.SOURCE, paged_kernel.FLAGS)
+    assert built.parent == tmp_path and built.exists()

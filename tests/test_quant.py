@@ -185,7 +185,7 @@ def test_lora_on_an_int8_base_matches_fp32_lora_within_the_drift(bundled, make_e
 
 
 def test_a_failed_build_falls_back_to_torch_with_the_reason(monkeypatch, tmp_path):
-    monkeypatch.setenv("RLSERVE_CACHE", str(tmp_path))  # nothing cached: a build is needed
+    monkeypatch.setenv("RLSERVE_KERNEL_CACHE", str(tmp_path))  # nothing cached: a build is needed
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     int8_kernel.cache_clear()
     try:

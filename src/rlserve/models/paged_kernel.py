@@ -1,29 +1,24 @@
 """The CPU paged-attention kernel (`paged_attention.cpp`): built once, loaded, called.
 
-It is compiled with the system `g++` at first use, or ahead of time by `kernel()` (what
-`make install` runs), into a cache folder keyed by the source, the flags and the CPU, under
-a file lock so that concurrent processes build it once. It is a plain C entry point called
-through ctypes on tensors' data pointers: no torch headers, so a build takes about a
-second. Where it cannot be built or loaded, `kernel()` returns None after one
-warning and attention falls back to gather + SDPA. `RLSERVE_PAGED_KERNEL=0` forces that
-reference path (tests, debugging).
+`native_build` compiles it with the system `g++` at first use, or ahead of time by
+`kernel()` (what `make install` runs), into the kernel cache. It is a plain C entry point
+called through ctypes on tensors' data pointers. Where it cannot be built or loaded,
+`kernel()` returns None after one warning and attention falls back to gather + SDPA.
+`RLSERVE_PAGED_KERNEL=0` forces that reference path (tests, debugging).
 """
 
 from __future__ import annotations
 
 import ctypes
-import fcntl
-import hashlib
 import os
-import platform
-import shutil
 import subprocess
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from rlserve.models.native_build import build
 
 SOURCE = Path(__file__).with_name("paged_attention.cpp")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
@@ -39,57 +34,10 @@ def enabled() -> bool:
     return os.environ.get("RLSERVE_PAGED_KERNEL", "1") != "0"
 
 
-def cache_dir() -> Path:
-    """`RLSERVE_KERNEL_CACHE`, else `$XDG_CACHE_HOME/rlserve/kernels` (~/.cache by default)."""
-    if os.environ.get("RLSERVE_KERNEL_CACHE"):
-        return Path(os.environ["RLSERVE_KERNEL_CACHE"])
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "rlserve" / "kernels"
-
-
-def _cpu_id() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor()
-    return next((line for line in lines if line.startswith("flags")), platform.processor())
-
-
-def library_path() -> Path:
-    """Where the build for this source, these flags and this CPU lives."""
-    key = hashlib.sha256(
-        SOURCE.read_bytes() + " ".join(FLAGS).encode() + _cpu_id().encode()
-    ).hexdigest()[:16]
-    return cache_dir() / f"paged_attention-{key}.so"
-
-
-def build() -> Path:
-    """Compile the kernel unless this exact build exists; returns the library's path."""
-    target = library_path()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if target.exists():
-            return target
-        compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-        if compiler is None:
-            raise RuntimeError("no C++ compiler (g++) found")
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            out = Path(tmp) / target.name
-            subprocess.run(
-                [compiler, *FLAGS, str(SOURCE), "-o", str(out)],
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-            os.replace(out, target)  # atomic: a reader never sees half a library
-    return target
-
-
 def _load() -> ctypes.CDLL:
     # torch is imported, so its libgomp.so.1 is loaded already; linking against the same
     # soname makes this library share torch's OpenMP thread pool instead of adding one.
-    lib = ctypes.CDLL(str(build()))
+    lib = ctypes.CDLL(str(build(SOURCE, FLAGS)))
     fn = lib.rlserve_paged_attention
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_int, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR]
