@@ -23,6 +23,7 @@ import yaml
 from rlserve import GenerationOutput, InferenceEngine
 from rlserve.backends import Sample
 from rlserve.config import BUNDLED_MODEL
+from tests.support.calculator import CALCULATOR
 from tests.support.servers import RunningServer
 
 MODEL = str(BUNDLED_MODEL)  # in place of the seed's "Qwen/Qwen3-0.6B"
@@ -426,18 +427,7 @@ def test_verl_tool_class_from_a_class_path(tmp_path):
             {
                 "class_name": f"{__name__}.VerlCalculator",
                 "config": {"type": "native", "prefix": "= "},
-                "tool_schema": {
-                    "type": "function",
-                    "function": {
-                        "name": "calculator",
-                        "description": "Evaluate an arithmetic expression.",
-                        "parameters": {
-                            "type": "object",
-                            "properties": {"expression": {"type": "string"}},
-                            "required": ["expression"],
-                        },
-                    },
-                },
+                "tool_schema": CALCULATOR,
             }
         ]
     }

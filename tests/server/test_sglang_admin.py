@@ -10,9 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
 
-from tests.support.checkpoints import build_checkpoint, load_hf
+from tests.support.checkpoints import build_checkpoint, save_lora
 from tests.support.servers import RunningServer, admin_server, wait_until
 
 ADMIN = "sglang-admin"
@@ -21,13 +20,8 @@ AUTH = {"Authorization": f"Bearer {ADMIN}"}
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from peft import LoraConfig, get_peft_model
-
     root = tmp_path_factory.mktemp("sglang") / "weights"
-    build_checkpoint(root / "B", "qwen3", seed=5)
-    torch.manual_seed(0)
-    config = LoraConfig(r=4, lora_alpha=16, init_lora_weights=False, target_modules=["q_proj"])
-    get_peft_model(load_hf(root / "B"), config).save_pretrained(root / "lora")
+    save_lora(build_checkpoint(root / "B", "qwen3", seed=5), root / "lora")
     return root
 
 

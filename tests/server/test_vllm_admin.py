@@ -10,9 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
 
-from tests.support.checkpoints import load_hf
+from tests.support.checkpoints import save_lora
 from tests.support.servers import RunningServer, admin_server, wait_until
 
 ADMIN = "vllm-admin"
@@ -21,12 +20,8 @@ AUTH = {"Authorization": f"Bearer {ADMIN}"}
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory, checkpoints: dict) -> Path:
-    from peft import LoraConfig, get_peft_model
-
     root = tmp_path_factory.mktemp("vllm") / "weights"
-    torch.manual_seed(0)
-    config = LoraConfig(r=4, lora_alpha=16, init_lora_weights=False, target_modules=["q_proj"])
-    get_peft_model(load_hf(checkpoints["qwen3"]), config).save_pretrained(root / "lora")
+    save_lora(checkpoints["qwen3"], root / "lora")
     return root
 
 

@@ -96,3 +96,13 @@ def load_hf(path: Path) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def save_lora(base: Path, folder: Path, seed: int = 0) -> Path:
+    """A PEFT LoRA (r 4, q_proj, non-zero B) for the checkpoint at `base`, saved in `folder`."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    config = LoraConfig(r=4, lora_alpha=16, init_lora_weights=False, target_modules=["q_proj"])
+    get_peft_model(load_hf(base), config).save_pretrained(folder)
+    return folder
