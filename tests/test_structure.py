@@ -40,7 +40,20 @@ ALLOWED: dict[str, set[str]] = {
     "prompts": TORCH_FREE_BASE,
     "eval": {"backends", "rl", "tools", "sandbox", "prompts", "client", "engine", "models"} | BASE,
     "compat": {"backends", "rl", "tools", "sandbox", "client", "engine", "models"} | BASE,
-    "cli": {"__init__", "eval", "server", "sandbox", "engine", "rl", "backends", "models", "tools"}
+    "cluster": {"server", "backends", "client", "engine", "models", "rl", "tools", "sandbox"}
+    | BASE,
+    "cli": {
+        "__init__",
+        "cluster",
+        "eval",
+        "server",
+        "sandbox",
+        "engine",
+        "rl",
+        "backends",
+        "models",
+        "tools",
+    }
     | BASE,
     "__init__": set(),  # the package's lazy facade imports nothing at import time
 }
