@@ -75,7 +75,9 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
     if adjusted is not logits:
         scaled = adjusted / temps[:, None]
     processed = _truncate(_ban(scaled, rows), rows)
-    sampling_logprobs = torch.log_softmax(processed, dim=-1)
+    # Nothing changed the scaled logits (the common case): the same softmax, computed once.
+    untouched = adjusted is logits and processed is scaled
+    sampling_logprobs = logprobs if untouched else torch.log_softmax(processed, dim=-1)
     chosen = processed.argmax(dim=-1)
     errors = _row_errors(processed.gather(1, chosen[:, None]).squeeze(1))
     sampled = [i for i, r in enumerate(rows) if r.temperature > 0 and errors[i] is None]

@@ -12,11 +12,17 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from rlserve.models.attention import AttentionMetadata, attention_backends, paged_attention
 from rlserve.models.config import ModelConfig
+from rlserve.models.fused import (
+    add_rms_norm,
+    qk_norm_rope,
+    rms_norm,
+    rms_norm_reference,
+    silu_mul,
+)
 from rlserve.models.linear import Linear, linear
 from rlserve.models.lora import LoRABatch, add_lora
 
@@ -29,10 +35,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Normalise in fp32 and scale after casting back, exactly as transformers does.
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        return rms_norm_reference(x, self.weight, self.eps)
 
 
 def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
@@ -74,21 +77,8 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("sin", emb.sin(), persistent=False)
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> RopeAngles:
-        """cos and sin of every position, [T, 1, head_dim], looked up once per batch."""
-        return (
-            self.cos[positions].unsqueeze(1).to(dtype),
-            self.sin[positions].unsqueeze(1).to(dtype),
-        )
-
-
-def apply_rope(q: torch.Tensor, k: torch.Tensor, angles: RopeAngles):
-    cos, sin = angles
-    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([-x2, x1], dim=-1)
+        """cos and sin of every position, [T, head_dim] in `dtype`, looked up once per batch."""
+        return self.cos[positions].to(dtype), self.sin[positions].to(dtype)
 
 
 class Attention(nn.Module):
@@ -117,13 +107,10 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         tokens = x.shape[0]
         qkv = add_lora(self.qkv_proj(x), x, lora, self.layer_idx, self.qkv_slices)
-        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.view(tokens, self.num_heads, self.head_dim)
-        k = k.view(tokens, self.num_kv_heads, self.head_dim)
-        v = v.view(tokens, self.num_kv_heads, self.head_dim)
+        norms = None
         if self.q_norm is not None and self.k_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, k, angles)
+            norms = (self.q_norm.weight, self.k_norm.weight, self.q_norm.eps)
+        q, k, v = qk_norm_rope(qkv, self.num_heads, self.num_kv_heads, self.head_dim, norms, angles)
         out = paged_attention(q, k, v, self.k_cache, self.v_cache, meta, self.scale)
         out = out.view(tokens, self.q_size)
         return add_lora(self.o_proj(out), out, lora, self.layer_idx, self.o_slices)
@@ -141,8 +128,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor, lora: LoRABatch | None) -> torch.Tensor:
         gate_up = add_lora(self.gate_up_proj(x), x, lora, self.layer_idx, self.gate_up_slices)
-        gate, up = gate_up.chunk(2, dim=-1)
-        h = F.silu(gate) * up
+        h = silu_mul(gate_up)
         return add_lora(self.down_proj(h), h, lora, self.layer_idx, self.down_slices)
 
 
@@ -155,10 +141,18 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(
-        self, x: torch.Tensor, angles: RopeAngles, meta: AttentionMetadata, lora: LoRABatch | None
+        self,
+        h: torch.Tensor,
+        residual: torch.Tensor,
+        angles: RopeAngles,
+        meta: AttentionMetadata,
+        lora: LoRABatch | None,
     ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), angles, meta, lora)
-        return x + self.mlp(self.post_attention_layernorm(x), lora)
+        """`h` is this layer's normalised input, `residual` the residual stream (updated in
+        place); returns the MLP output, which the next norm adds to the stream."""
+        attn_out = self.self_attn(h, angles, meta, lora)
+        norm = self.post_attention_layernorm
+        return self.mlp(add_rms_norm(attn_out, residual, norm.weight, norm.eps), lora)
 
 
 class LlamaModel(nn.Module):
@@ -185,12 +179,17 @@ class LlamaModel(nn.Module):
         lora: LoRABatch | None = None,
     ) -> torch.Tensor:
         """Hidden states of a flat batch; `lora` says which rows use which adapter."""
-        x = self.embed_tokens(input_ids)
-        angles = self.rope(positions, x.dtype)
-        with attention_backends(x.device):
-            for layer in self.layers:
-                x = layer(x, angles, meta, lora)
-        return self.norm(x)
+        residual = self.embed_tokens(input_ids)
+        angles = self.rope(positions, residual.dtype)
+        # x + f(norm(x)) per block, kept as a residual stream: each norm adds the previous
+        # block's output to the stream (in place) and normalises it, in one fused op.
+        norms = [layer.input_layernorm for layer in self.layers] + [self.norm]
+        h = rms_norm(residual, norms[0].weight, norms[0].eps)
+        with attention_backends(residual.device):
+            for layer, norm in zip(self.layers, norms[1:], strict=True):
+                out = layer(h, residual, angles, meta, lora)
+                h = add_rms_norm(out, residual, norm.weight, norm.eps)
+        return h
 
     @torch.inference_mode()
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
