@@ -10,6 +10,11 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "serve":
+        from rlserve.cluster.cli import main as cluster_main
+        from rlserve.cluster.cli import wants_cluster
+
+        if wants_cluster(argv[1:]):  # many replicas behind the router
+            return cluster_main(argv[1:])
         from rlserve.server.cli import main as serve_main
 
         return serve_main(argv[1:]) or 0
@@ -34,7 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--logprobs", action="store_true", help="print per-token logprobs")
     gen.add_argument("--chat", action="store_true", help="apply the chat template")
     gen.add_argument("--json", action="store_true", help="print one JSON object per sample")
-    sub.add_parser("serve", help="OpenAI-compatible + RL server (see `rlserve serve -h`)")
+    sub.add_parser(
+        "serve",
+        help="OpenAI-compatible + RL server (see `rlserve serve -h`); with --replicas N "
+        "or --backend-url URL, many replicas behind one router (`rlserve serve --replicas 1 -h`)",
+    )
     sub.add_parser("sandbox", help="Python sandbox over HTTP (see `rlserve sandbox -h`)")
     sub.add_parser("eval", help="score a model on math problems (see `rlserve eval -h`)")
     args = parser.parse_args(argv)

@@ -24,6 +24,7 @@ from rlserve.server.sglang_routes import sglang_router
 from rlserve.server.state import ServerState
 from rlserve.server.vllm_routes import vllm_router
 from rlserve.server.vllm_weight_transfer import vllm_weight_transfer_router
+from rlserve.server.weight_stage import weight_stage_router
 
 if TYPE_CHECKING:
     from rlserve.engine.core import EngineCore
@@ -90,6 +91,7 @@ def create_app(
     app.include_router(openai_router(state), dependencies=guarded)
     app.include_router(rl_router(state), dependencies=guarded)
     app.include_router(admin_router(state))
+    app.include_router(weight_stage_router(state))
     app.include_router(sglang_router(state))
     app.include_router(vllm_router(state))
     app.include_router(vllm_weight_transfer_router(state))

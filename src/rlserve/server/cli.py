@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rlserve serve",
         description="Serve a model with OpenAI-compatible and RL endpoints.",
+        epilog="Many replicas behind one router: --replicas N and/or --backend-url URL "
+        "(see docs/cluster.md; `rlserve serve --replicas 1 -h` lists the cluster flags).",
     )
     add_flags(parser, ServerConfig)
     add_flags(parser, EngineConfig)
