@@ -99,6 +99,16 @@ def test_update_weights_and_admin_calls_fan_out(cluster, ray_weights_dir) -> Non
     assert cluster.policy_version == new
 
 
+def test_a_trainers_state_dict_with_tied_tensors_updates_every_replica(cluster) -> None:
+    from transformers import AutoModelForCausalLM
+
+    trainer = AutoModelForCausalLM.from_pretrained(BUNDLED_MODEL)
+    state = trainer.state_dict()
+    assert state["lm_head.weight"].data_ptr() == state["model.embed_tokens.weight"].data_ptr()
+    before = cluster.policy_version
+    assert cluster.update_weights(state) == before + 1 == cluster.policy_version
+
+
 @pytest.mark.parametrize(
     ("call", "field"),
     [
@@ -109,6 +119,7 @@ def test_update_weights_and_admin_calls_fan_out(cluster, ray_weights_dir) -> Non
         (lambda c: c.generate([[1, 2]], sessions=[3]), "sessions"),
         (lambda c: c.update_weights(123), "weights"),
         (lambda c: c.update_weights({}), "weights"),
+        (lambda c: c.update_weights({"model.norm.weight": [1.0]}), "weights"),
         (lambda c: c.update_weights("x", version=True), "version"),
         (lambda c: c.load_adapter("", "lora"), "name"),
         (lambda c: c.unload_adapter(None), "name"),

@@ -37,11 +37,16 @@ def update_request(
             body["version"] = version
         return encoded(body), JSON, ()
     if isinstance(weights, Mapping) and weights:
-        from safetensors.torch import save
+        # The client's serializer, not safetensors.save: a trainer's state dict often ties
+        # tensors (embed_tokens / lm_head), which save() refuses.
+        from rlserve.client.safetensors_stream import safetensors_stream
 
         query = (("version", str(version)),) if version is not None else ()
-        tensors = {name: t.contiguous() for name, t in weights.items()}
-        return save(tensors), "application/octet-stream", query
+        try:
+            _, chunks = safetensors_stream(weights)
+        except (AttributeError, ValueError) as e:
+            raise ParamError("weights", f"weights must map names to tensors: {e}") from None
+        return b"".join(chunks), "application/octet-stream", query
     raise ParamError(
         "weights",
         f"weights must be a checkpoint path or a non-empty state dict, got {weights!r:.80}",
