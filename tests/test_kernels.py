@@ -1,13 +1,20 @@
 """The CPU kernel choices: oneDNN linear equals F.linear; decode groups respect their caps."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from rlserve.engine.model_runner import MAX_PADDING, decode_groups
+from rlserve.models import linear as linear_mod
 from rlserve.models.linear import linear
 
 
-def test_linear_matches_f_linear_and_sees_in_place_updates():
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "f_linear"])
+def test_linear_matches_f_linear_and_sees_in_place_updates(onednn, monkeypatch):
+    """Both fp32 paths (oneDNN is the one AMD CPUs take), whatever this CPU picks."""
+    if onednn and not linear_mod.HAS_ONEDNN:
+        pytest.skip("this torch has no oneDNN linear")
+    monkeypatch.setattr(linear_mod, "ONEDNN", onednn)
     torch.manual_seed(0)
     weight, bias = torch.randn(300, 64), torch.randn(300)
     for x in (torch.randn(1, 64), torch.randn(37, 64), torch.randn(2, 5, 64)):
