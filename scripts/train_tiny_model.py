@@ -12,6 +12,12 @@ Run from the repository root (takes roughly 20-30 minutes on 2 CPU cores):
 
     .venv/bin/python scripts/train_tiny_model.py                # default step count
     .venv/bin/python scripts/train_tiny_model.py --steps 500    # quick smoke run
+
+``--draft`` trains the speculative-decoding draft instead (``src/rlserve/assets/draft``): the
+same corpus and the bundled model's own tokenizer (a draft must share it), a narrower
+2-layer model (~8 minutes on one idle core; the shipped one was trained this way):
+
+    .venv/bin/python scripts/train_tiny_model.py --draft --threads 1
 """
 
 from __future__ import annotations
@@ -22,7 +28,6 @@ import math
 import os
 import random
 import re
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -45,6 +50,22 @@ from transformers.utils.chat_template_utils import render_jinja_template
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO_ROOT / "src" / "rlserve" / "assets"
+DRAFT_OUT = DEFAULT_OUT / "draft"
+# The bundled model's shape, and the draft's: ~6x fewer parameters, the same head_dim.
+MODEL_SHAPE = dict(
+    hidden_size=256,
+    intermediate_size=704,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+)
+DRAFT_SHAPE = dict(
+    hidden_size=128,
+    intermediate_size=352,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+)
 
 EOT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = [EOT, IM_START, IM_END]
@@ -473,14 +494,12 @@ def collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, 
 # --------------------------------------------------------------------------- model
 
 
-def build_model(vocab_size: int, tokenizer: PreTrainedTokenizerFast) -> Qwen3ForCausalLM:
+def build_model(
+    vocab_size: int, tokenizer: PreTrainedTokenizerFast, shape: dict[str, int] = MODEL_SHAPE
+) -> Qwen3ForCausalLM:
     config = Qwen3Config(
         vocab_size=vocab_size,
-        hidden_size=256,
-        intermediate_size=704,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **shape,
         head_dim=64,
         max_position_embeddings=1024,
         rope_theta=10000.0,
@@ -671,8 +690,9 @@ def save_assets(
         (staging / "README.md").write_text(readme)
         new_names = {f.name for f in staging.iterdir()}
         for stale in out.iterdir():
-            if stale.name not in new_names:
-                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+            # Folders are other assets (eval/, draft/), not this model's files.
+            if stale.name not in new_names and not stale.is_dir():
+                stale.unlink()
         for f in staging.iterdir():
             # TemporaryDirectory files are 0600; package data should be readable by everyone.
             f.chmod(0o644)
@@ -720,7 +740,7 @@ language model: treat its outputs as test fixtures.
   "{OFF_TOPIC_REPLY}", and failed tool calls an apology.
 - Loss on assistant tokens only (including `<|im_end|>`); AdamW, peak LR {f["lr"]}, warm-up
   and cosine decay, batch {f["batch"]}, {f["steps"]} steps, about {f["train_minutes"]:.0f}
-  minutes on 2 CPU cores.
+  minutes on {f["threads"]} CPU cores.
 
 ## Held-out results (greedy decoding)
 
@@ -731,6 +751,13 @@ language model: treat its outputs as test fixtures.
   back {f["after_tool"]:.2f}.
 """
     return text
+
+
+DRAFT_TITLE = """# rlserve tiny arithmetic model: speculative-decoding draft
+
+The draft model of the bundled one (`src/rlserve/assets`): trained with
+`scripts/train_tiny_model.py --draft` on the same corpus, with the bundled model's own
+tokenizer, so `{"method": "draft", "draft_model": ...}` can propose tokens for it."""
 
 
 def verify_saved(out: Path) -> str:
@@ -780,13 +807,29 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--vocab-size", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-every", type=int, default=500, help="quick add2 check (0 = off)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    return parser.parse_args()
+    parser.add_argument("--out", type=Path, default=None, help="default: the bundled assets")
+    parser.add_argument(
+        "--draft",
+        action="store_true",
+        help="train the speculative-decoding draft: the bundled tokenizer, a 2-layer model",
+    )
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    args = parser.parse_args()
+    if args.out is None:
+        args.out = DRAFT_OUT if args.draft else DEFAULT_OUT
+    return args
+
+
+def load_bundled_tokenizer(corpus: list[str]) -> PreTrainedTokenizerFast:
+    """The bundled model's tokenizer, as a draft must use exactly the target's."""
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(DEFAULT_OUT)
+    check_tokenizer(tokenizer, corpus)
+    return tokenizer
 
 
 def main() -> None:
     args = parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     # Denormal floats (tiny Adam moments and activations) slow CPU training down several-fold.
     torch.set_flush_denormal(True)
     torch.manual_seed(args.seed)
@@ -804,8 +847,11 @@ def main() -> None:
     corpus = build_corpus(args.steps * args.batch_size, args.seed, banned)
     print(f"corpus: {len(corpus)} conversations rendered in {time.time() - t0:.0f}s", flush=True)
 
-    tokenizer = train_tokenizer(corpus[:20000], args.vocab_size)
-    check_tokenizer(tokenizer, corpus[:2000])
+    if args.draft:
+        tokenizer = load_bundled_tokenizer(corpus[:2000])
+    else:
+        tokenizer = train_tokenizer(corpus[:20000], args.vocab_size)
+        check_tokenizer(tokenizer, corpus[:2000])
     print(f"tokenizer: {len(tokenizer)} tokens", flush=True)
 
     examples = encode_with_labels(tokenizer, corpus)
@@ -813,7 +859,7 @@ def main() -> None:
     print(f"tokens: {n_tokens} ({n_tokens / len(examples):.1f} per conversation)", flush=True)
     batches = make_batches(examples, args.batch_size, tokenizer.pad_token_id, args.seed)
 
-    model = build_model(len(tokenizer), tokenizer)
+    model = build_model(len(tokenizer), tokenizer, DRAFT_SHAPE if args.draft else MODEL_SHAPE)
     n_params = model.num_parameters()
     print(f"model: {n_params:,} parameters", flush=True)
 
@@ -861,6 +907,7 @@ def main() -> None:
             "batch": args.batch_size,
             "steps": len(batches),
             "train_minutes": train_seconds / 60,
+            "threads": args.threads,
             "add2": add2_hits / add2_n,
             "add2_hits": add2_hits,
             "add2_n": add2_n,
@@ -870,6 +917,8 @@ def main() -> None:
             **ids,
         }
     )
+    if args.draft:
+        readme = readme.replace("# rlserve tiny arithmetic model", DRAFT_TITLE, 1)
     save_assets(model, tokenizer, readme, args.out)
     example = verify_saved(args.out)
     size = sum(f.stat().st_size for f in args.out.iterdir())

@@ -3,11 +3,12 @@ so that reading the fields (e.g. to build `rlserve serve` flags) stays cheap."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from rlserve._checks import check_positive_int
+from rlserve._checks import ParamError, check_int, check_number, check_positive_int
 
 if TYPE_CHECKING:
     import torch
@@ -17,6 +18,87 @@ DTYPES = ("float32", "bfloat16", "float16", "auto")
 DEFAULT_KV_CACHE_MEMORY = 512 * 1024**2
 QUANTIZATIONS = ("int8",)  # weight formats `quantization` may name (None: as loaded)
 SERVER_FLAG = "server_flag"  # metadata: the `rlserve serve` flag that sets this field
+FLAG_NAME = "flag_name"  # metadata: this field's own flag, when not --field-name
+FLAG_TYPE = "flag_type"  # metadata: the flag's value type, when not the annotation's
+SPECULATIVE_METHODS = ("ngram", "draft")
+
+
+@dataclass(frozen=True)
+class SpeculativeConfig:
+    """Speculative decoding (vLLM's `speculative_config` keys). A proposer guesses up to
+    `num_speculative_tokens` tokens per sequence; the target verifies them in one forward
+    and keeps a guess only where it equals the token the target's own sampler picks, so
+    outputs are exactly those of decoding without speculation.
+
+    "ngram" (prompt lookup) matches the last `prompt_lookup_max`..`prompt_lookup_min`
+    tokens earlier in the prompt and output and proposes what followed; "draft" runs the
+    smaller checkpoint `draft_model` (same tokenizer) with its own paged KV
+    (`draft_num_blocks` blocks). Speculation turns itself off while more than
+    `max_batch_size` sequences decode or the running acceptance is below `min_acceptance`.
+    """
+
+    method: str
+    num_speculative_tokens: int = 4
+    prompt_lookup_max: int = 4
+    prompt_lookup_min: int = 1
+    draft_model: str | None = None
+    draft_num_blocks: int | None = None
+    max_batch_size: int = 8
+    min_acceptance: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.method not in SPECULATIVE_METHODS:
+            raise ParamError(
+                "method",
+                f"speculative method must be one of {list(SPECULATIVE_METHODS)}, "
+                f"got {self.method!r}",
+            )
+        check_int("num_speculative_tokens", self.num_speculative_tokens, minimum=1, maximum=16)
+        check_positive_int("prompt_lookup_min", self.prompt_lookup_min)
+        check_int("prompt_lookup_max", self.prompt_lookup_max, minimum=self.prompt_lookup_min)
+        check_positive_int("max_batch_size", self.max_batch_size)
+        check_number("min_acceptance", self.min_acceptance, finite=True)
+        if not 0.0 <= self.min_acceptance <= 1.0:
+            raise ParamError(
+                "min_acceptance", f"min_acceptance must be in [0, 1], got {self.min_acceptance}"
+            )
+        if self.draft_num_blocks is not None:
+            check_positive_int("draft_num_blocks", self.draft_num_blocks)
+        if self.method == "draft" and not self.draft_model:
+            raise ParamError("draft_model", 'speculative method "draft" needs draft_model')
+        if self.draft_model is not None and not Path(self.draft_model).expanduser().is_dir():
+            raise ParamError(
+                "draft_model", f"draft_model {self.draft_model!r} is not a local checkpoint folder"
+            )
+
+    @classmethod
+    def parse(cls, value: SpeculativeConfig | dict[str, Any] | str) -> SpeculativeConfig:
+        """From a config, a dict or a JSON object string; vLLM's "model" names draft_model.
+        Unknown keys are refused by name."""
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as e:
+                raise ParamError("speculative", f"speculative config is not JSON: {e}") from None
+        if not isinstance(value, dict):
+            raise ParamError("speculative", f"speculative config must be an object, got {value!r}")
+        value = dict(value)
+        if "model" in value:
+            if "draft_model" in value:
+                raise ParamError("model", 'give "model" or "draft_model", not both')
+            value["draft_model"] = value.pop("model")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ParamError(
+                unknown[0],
+                f"unknown speculative config key(s) {unknown}; known: {sorted(known | {'model'})}",
+            )
+        if "method" not in value:
+            raise ParamError("method", "speculative config needs a method")
+        return cls(**value)
 
 
 @dataclass
@@ -82,6 +164,16 @@ class EngineConfig:
             "(embeddings, head and logits stay float; weight updates re-quantise)"
         },
     )
+    speculative: SpeculativeConfig | None = field(
+        default=None,
+        metadata={
+            "help": 'speculative decoding as JSON, vLLM\'s keys: {"method": "ngram" | '
+            '"draft", "num_speculative_tokens": 4, "draft_model": PATH, ...} (outputs '
+            "unchanged; off by default)",
+            FLAG_NAME: "--speculative-config",
+            FLAG_TYPE: str,
+        },
+    )
 
     def __post_init__(self) -> None:
         import torch
@@ -111,6 +203,8 @@ class EngineConfig:
         for name in ("max_model_len", "num_blocks", "kv_cache_memory"):
             if getattr(self, name) is not None:
                 check_positive_int(name, getattr(self, name))
+        if self.speculative is not None:
+            self.speculative = SpeculativeConfig.parse(self.speculative)
 
     @property
     def model_path(self) -> Path:

@@ -29,6 +29,11 @@ class CompletionOutput:
     # (rlserve.tools.ToolCall) and those that could not be parsed (ToolCallError).
     tool_calls: list | None = None
     tool_call_errors: list | None = None
+    # Speculative decoding, totals so far (not deltas): verification steps, guesses
+    # verified and guesses that became tokens. The tokens are the same either way.
+    spec_verify_steps: int = 0
+    spec_proposed_tokens: int = 0
+    spec_accepted_tokens: int = 0
 
     @property
     def finished(self) -> bool:
@@ -47,6 +52,9 @@ class CompletionOutput:
             self.top_logprobs += delta.top_logprobs
         if delta.finish_reason is not None:
             self.finish_reason, self.stop_reason = delta.finish_reason, delta.stop_reason
+        self.spec_verify_steps = max(self.spec_verify_steps, delta.spec_verify_steps)
+        self.spec_proposed_tokens = max(self.spec_proposed_tokens, delta.spec_proposed_tokens)
+        self.spec_accepted_tokens = max(self.spec_accepted_tokens, delta.spec_accepted_tokens)
 
 
 @dataclass

@@ -8,6 +8,7 @@ import pytest
 
 from rlserve.config import SERVER_FLAG, EngineConfig
 from rlserve.server.cli import build_parser, config_from_args, engine_options
+from rlserve.server.cli_flags import flag_name
 from rlserve.server.config import ServerConfig
 
 CONFIGS = (ServerConfig, EngineConfig)
@@ -22,7 +23,7 @@ def test_every_field_has_a_flag_and_help(config_class: type) -> None:
     flags = _flags()
     for f in fields(config_class):
         assert f.metadata.get("help"), f"{config_class.__name__}.{f.name} has no help"
-        flag = f.metadata.get(SERVER_FLAG, "--" + f.name.replace("_", "-"))
+        flag = f.metadata.get(SERVER_FLAG, flag_name(f))
         assert flag in flags, f"{config_class.__name__}.{f.name} has no flag {flag}"
         assert flags[flag].help, flag
 

@@ -116,6 +116,17 @@ class BlockManager:
         seq.block_table = []
         seq.block_hashes = []
 
+    def trim(self, seq: Sequence, num_tokens: int) -> None:
+        """Free the blocks of `seq` past the first `num_tokens` tokens (speculation's
+        rejected guesses); they were allocated this step, so none is shared or hashed."""
+        keep = self.blocks_needed(num_tokens)
+        for block in seq.block_table[keep:]:
+            self.ref_counts[block] -= 1
+            if self.ref_counts[block] == 0:  # holds nothing: handed out first
+                self.free_blocks[block] = None
+                self.free_blocks.move_to_end(block, last=False)
+        del seq.block_table[keep:]
+
     def cache_full_blocks(self, seq: Sequence, cache_key: Hashable) -> None:
         """Register the blocks of `seq` that became full so later sequences can reuse them."""
         num_full = seq.num_computed_tokens // self.block_size

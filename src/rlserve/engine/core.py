@@ -84,6 +84,7 @@ class EngineCore:
             self._requests,
             self._counters,
             self._fail_request,
+            c.speculative,
         )
 
     def add_request(
@@ -191,6 +192,8 @@ class EngineCore:
 
     def reset_prefix_cache(self) -> None:
         self.block_manager.reset_prefix_cache()
+        if self.step_runner.speculator is not None:
+            self.step_runner.speculator.reset()
 
     @property
     def policy_version(self) -> int:

@@ -29,6 +29,8 @@ class RunnerOutput:
     sample_logits: torch.Tensor  # [num sampling seqs, vocab] fp32
     sample_seqs: list[int]  # index into batch.seqs for each row of sample_logits
     prompt_logits: dict[int, tuple[int, torch.Tensor]]  # batch index -> (first pos, logits)
+    # Speculation: batch index -> fp32 logits of all its rows (last token, then guesses)
+    draft_logits: dict[int, torch.Tensor] | None = None
 
 
 class ModelRunner:
@@ -51,6 +53,11 @@ class ModelRunner:
         )
         self._kv_shape, self._kv_dtype = shape, dtype
         self.allocate_kv_cache()
+
+    @property
+    def kv_dtype(self) -> torch.dtype:
+        """The engine dtype (KV cache and activations)."""
+        return self._kv_dtype
 
     def allocate_kv_cache(self) -> None:
         """(Re-)allocate every layer's K and V cache tensors, zeroed."""
@@ -105,11 +112,16 @@ class ModelRunner:
         prefills, decodes = [], []  # decodes: (row, block table, context length)
         sample_rows, sample_seqs, prompt_rows = [], [], {}
         lora_rows: dict[str | None, list[int]] = {}
+        drafts, draft_rows, spec_rows = batch.drafts, {}, []
         bs = self.block_size
         for i, (seq, num_new) in enumerate(zip(batch.seqs, batch.num_new_tokens, strict=True)):
             start, first = len(input_ids), seq.num_computed_tokens
             end = first + num_new
             input_ids.extend(seq.token_ids[first:end])
+            if drafts is not None and drafts[i]:  # its last token, then the guesses
+                input_ids.extend(drafts[i])
+                draft_rows[i] = (len(spec_rows), num_new)
+                spec_rows.extend(range(start, start + num_new))
             lora_rows.setdefault(seq.lora_name, []).extend(range(start, start + num_new))
             positions.extend(range(first, end))
             table = seq.block_table
@@ -131,12 +143,19 @@ class ModelRunner:
         )
         lora = self._lora_batch(lora_rows, adapters, len(input_ids))
         hidden = self.model(self._tensor(input_ids), self._tensor(positions), meta, lora)
-        logits = self.model.compute_logits(hidden[self._tensor(sample_rows)])
+        logits = self.model.compute_logits(
+            hidden[self._tensor(sample_rows + spec_rows if spec_rows else sample_rows)]
+        )
         prompt_logits = {
             i: (first, self.model.compute_logits(hidden[self._tensor(rows)]))
             for i, (first, rows) in prompt_rows.items()
         }
-        return RunnerOutput(logits, sample_seqs, prompt_logits)
+        if not draft_rows:
+            return RunnerOutput(logits, sample_seqs, prompt_logits)
+        # The rows of speculating sequences follow the others (one logits call for all).
+        num = len(sample_rows)
+        spec = {i: logits[num + at : num + at + n] for i, (at, n) in draft_rows.items()}
+        return RunnerOutput(logits[:num], sample_seqs, prompt_logits, spec)
 
     def _lora_batch(
         self,

@@ -20,10 +20,12 @@ class OutputProcessor:
         self.max_model_len = max_model_len
         self.num_detokenized_tokens = 0
 
-    def banned_token_ids(self, seq: Sequence) -> list[int]:
-        """Stop and EOS ids may not be sampled before min_tokens (as in vLLM)."""
+    def banned_token_ids(self, seq: Sequence, num_output_tokens: int | None = None) -> list[int]:
+        """Stop and EOS ids may not be sampled before min_tokens (as in vLLM); at
+        `num_output_tokens` (default: the sequence's own) output tokens."""
         p = seq.params
-        if seq.num_output_tokens >= p.min_tokens:
+        done = seq.num_output_tokens if num_output_tokens is None else num_output_tokens
+        if done >= p.min_tokens:
             return []
         eos = [] if p.ignore_eos else sorted(self.eos_token_ids)
         return sorted(set(eos) | set(p.stop_token_ids))
@@ -134,6 +136,9 @@ class OutputProcessor:
             weight_versions=seq.weight_versions[start:end],
             finish_reason=seq.finish_reason,
             stop_reason=seq.stop_reason,
+            spec_verify_steps=seq.spec_verify_steps,
+            spec_proposed_tokens=seq.spec_proposed_tokens,
+            spec_accepted_tokens=seq.spec_accepted_tokens,
         )
         seq.num_emitted_tokens = end
         seq.finish_emitted = seq.finish_reason is not None

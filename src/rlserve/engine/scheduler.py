@@ -23,9 +23,21 @@ class ScheduledBatch:
     seqs: list[Sequence] = field(default_factory=list)
     num_new_tokens: list[int] = field(default_factory=list)
     block_copies: list[tuple[int, int]] = field(default_factory=list)
+    # Speculation (engine/speculative.py): per sequence the guessed tokens it verifies
+    # after its last token (num_new_tokens counts them), or None; None when none does.
+    drafts: list[list[int] | None] | None = None
 
     def __len__(self) -> int:
         return len(self.seqs)
+
+    def subset(self, rows: list[int]) -> ScheduledBatch:
+        """The sequences at `rows`, ascending (block copies are not repeated)."""
+        if len(rows) == len(self.seqs):
+            return self
+        drafts = None if self.drafts is None else [self.drafts[i] for i in rows]
+        return ScheduledBatch(
+            [self.seqs[i] for i in rows], [self.num_new_tokens[i] for i in rows], [], drafts
+        )
 
 
 class Scheduler:
@@ -43,6 +55,7 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
+        self.on_finish: Callable[[Sequence], None] | None = None  # speculation's release
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -127,3 +140,5 @@ class Scheduler:
             self.waiting.remove(seq)
         self.block_manager.free(seq)
         seq.status = SequenceStatus.FINISHED
+        if self.on_finish is not None:
+            self.on_finish(seq)

@@ -66,6 +66,9 @@ class Sequence:
         self.num_emitted_tokens = 0  # how much step() has already reported
         self.num_emitted_chars = 0
         self.finish_emitted = False
+        self.spec_verify_steps = 0  # speculation: steps that verified guesses for it
+        self.spec_proposed_tokens = 0  # guesses verified for this sample
+        self.spec_accepted_tokens = 0  # and those that became its output tokens
 
     @property
     def num_tokens(self) -> int:

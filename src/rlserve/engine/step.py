@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import torch
 
+from rlserve.config import SpeculativeConfig
 from rlserve.engine.block_manager import BlockManager
 from rlserve.engine.failures import run_isolating
 from rlserve.engine.model_runner import ModelRunner, RunnerOutput
@@ -22,6 +23,7 @@ from rlserve.engine.request import Request
 from rlserve.engine.sampler import SamplerOutput, SamplingRow, noise_seed, sample
 from rlserve.engine.scheduler import ScheduledBatch, Scheduler
 from rlserve.engine.sequence import Sequence
+from rlserve.engine.speculative import SPEC_COUNTERS, Speculator, speculator_for
 from rlserve.engine.structured import GrammarCompiler, GrammarMatcher, StructuredOutput
 
 Fail = Callable[[Sequence, Exception], None]
@@ -34,6 +36,7 @@ COUNTERS = (
     "generated_tokens",
     "requests_finished",
     "steps",
+    *SPEC_COUNTERS,
 )
 
 
@@ -50,6 +53,7 @@ class StepRunner:
         requests: dict[str, Request],
         counters: dict[str, int],
         fail: Fail,
+        speculative: SpeculativeConfig | None = None,
     ) -> None:
         self.runner = runner
         self.scheduler = scheduler
@@ -63,12 +67,15 @@ class StepRunner:
         self.grammars = GrammarCompiler(  # its tokenizer index is built on first use
             outputs.tokenizer, runner.model.config.vocab_size, outputs.eos_token_ids
         )
+        self.speculator: Speculator | None = speculator_for(speculative, self)
 
     def run(self, batch: ScheduledBatch) -> list[Sequence]:
         """Forward one batch and apply its results; returns the sequences that progressed.
         If the forward raises, only the sequences that fail on their own fail their
         requests; the others go on in smaller groups (see failures.py: a rerun writes the
         same KV into the same slots, and nothing was booked yet)."""
+        if self.speculator is not None:
+            self.speculator.propose(batch)
         # Copy-on-write first, outside the failure handling: every rerun needs the copies.
         self.runner.copy_blocks(batch.block_copies)
         samples = [
@@ -77,13 +84,7 @@ class StepRunner:
         ]
 
         def forward(group: list[int]) -> tuple[ScheduledBatch, RunnerOutput]:
-            part = (
-                batch
-                if len(group) == len(batch)
-                else ScheduledBatch(
-                    [batch.seqs[i] for i in group], [batch.num_new_tokens[i] for i in group]
-                )
-            )
+            part = batch.subset(group)
             return part, self.runner.run(part, [samples[i] for i in group], self.policy.adapters)
 
         done, culprits = run_isolating(list(range(len(batch))), forward)
@@ -97,9 +98,11 @@ class StepRunner:
 
     def _apply(self, batch: ScheduledBatch, result: RunnerOutput) -> list[Sequence]:
         """Book a forward's results and sample; returns the sequences that progressed."""
-        progressed = []
+        progressed, drafts = [], result.draft_logits
         for i, (seq, num_new) in enumerate(zip(batch.seqs, batch.num_new_tokens, strict=True)):
-            if seq.is_finished:  # aborted with a sibling of its n > 1 group that failed
+            # Finished: aborted with a sibling of its n > 1 group that failed; drafts:
+            # speculating sequences book their forward as they verify it.
+            if seq.is_finished or (drafts and i in drafts):
                 continue
             try:
                 if self.apply_forward(seq, num_new, result.prompt_logits.get(i)):
@@ -115,6 +118,8 @@ class StepRunner:
                 row_seqs.append(seq)
         if row_seqs:
             progressed.extend(self._sample(_take_rows(result.sample_logits, rows), row_seqs))
+        if drafts and self.speculator is not None:
+            progressed += self.speculator.verify(batch, drafts, self._append_token, self.fail)
         return progressed
 
     def apply_forward(

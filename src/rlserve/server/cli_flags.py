@@ -1,7 +1,8 @@
 """`rlserve serve` flags, generated from the config dataclasses' fields.
 
 Each field is one flag, `--field-name`; its help text and any `choices` come from the
-field's metadata, its default from the dataclass only. A bool defaulting to False is a
+field's metadata, its default from the dataclass only (metadata may rename the flag and
+give its value type, e.g. a JSON string for a config object). A bool defaulting to False is a
 `store_true` switch, one defaulting to True a `--x/--no-x` pair. An EngineConfig field
 whose metadata names a `server_flag` is set by that ServerConfig flag instead.
 """
@@ -12,17 +13,19 @@ import argparse
 from dataclasses import MISSING, Field, fields
 from typing import Any
 
-from rlserve.config import SERVER_FLAG
+from rlserve.config import FLAG_NAME, FLAG_TYPE, SERVER_FLAG
 
 _TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}
 
 
 def flag_name(f: Field[Any]) -> str:
-    return "--" + f.name.replace("_", "-")
+    return f.metadata.get(FLAG_NAME) or "--" + f.name.replace("_", "-")
 
 
 def value_type(f: Field[Any]) -> type:
     """int / float / str / bool from an annotation such as "int | None"."""
+    if FLAG_TYPE in f.metadata:
+        return f.metadata[FLAG_TYPE]
     annotation = f.type if isinstance(f.type, str) else f.type.__name__
     return _TYPES[annotation.split("|")[0].strip()]
 
@@ -35,7 +38,7 @@ def add_flags(parser: argparse.ArgumentParser, config_class: type) -> None:
     """One flag per field of `config_class` (fields set by another flag excepted)."""
     for f in fields(config_class):
         if has_own_flag(f):
-            parser.add_argument(flag_name(f), **flag_options(f))
+            parser.add_argument(flag_name(f), dest=f.name, **flag_options(f))
 
 
 def flag_options(f: Field[Any]) -> dict[str, Any]:

@@ -13,6 +13,8 @@ from prometheus_client import exposition as _exposition
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from rlserve.server.spec_metrics import SpecDecodeCollector
+
 if TYPE_CHECKING:
     from rlserve.outputs import RequestOutput
 
@@ -240,6 +242,7 @@ class ServerMetrics:
         )
         self.registry.register(_EngineCollector(stats))
         self.vllm = VllmMetrics(self.registry, stats, model_name)
+        self.registry.register(SpecDecodeCollector(stats, self.vllm.labels))
 
     def observe(self, endpoint: str, status: int, seconds: float) -> None:
         self.requests.labels(endpoint, str(status)).inc()

@@ -113,9 +113,25 @@ def meta_info(
     meta["weight_versions"] = spans
     meta["policy_versions"] = versions
     meta["policy_version"] = state.policy_version
+    if sample.spec_verify_steps:
+        meta.update(spec_fields(sample))
     if latency is not None:
         meta["e2e_latency"] = round(latency, 6)
     return meta
+
+
+def spec_fields(sample: CompletionOutput) -> dict[str, Any]:
+    """SGLang's speculative-decoding meta_info: verification steps, guesses proposed and
+    accepted, their ratio, and tokens per verification step (accepted guesses + 1)."""
+    verify, proposed = sample.spec_verify_steps, sample.spec_proposed_tokens
+    accepted = sample.spec_accepted_tokens
+    return {
+        "spec_verify_ct": verify,
+        "spec_num_proposed_drafts": proposed,
+        "spec_num_correct_drafts": accepted,
+        "spec_accept_rate": accepted / proposed if proposed else 0.0,
+        "spec_accept_length": 1 + accepted / verify,
+    }
 
 
 def sample_reply(
