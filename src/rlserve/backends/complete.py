@@ -96,13 +96,14 @@ def complete(
     samples: dict[int, Sample] = {}
     backend.generate(requests, samples.__setitem__)
     completions = [
-        _completion(backend.tokenizer, prompt, samples.get(k))
+        completion_of_sample(backend.tokenizer, prompt, samples.get(k))
         for k, (prompt, _) in enumerate(requests)
     ]
     return [completions[j * params.n : (j + 1) * params.n] for j in range(len(ids))]
 
 
-def _completion(tokenizer: Any, prompt: list[int], sample: Sample | None) -> Completion:
+def completion_of_sample(tokenizer: Any, prompt: list[int], sample: Sample | None) -> Completion:
+    """The Completion of `prompt` that a backend's `sample` makes (None: a failed one)."""
     if sample is None:  # a backend that broke its contract: say so, lose nothing else
         sample = Sample.failed("the backend reported no sample for this request")
     return Completion(

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rlserve.backends.base import Request, Sample
-from rlserve.backends.complete import Completion, sample_seed
+from rlserve.backends.complete import Completion, completion_of_sample, sample_seed
 from rlserve.cluster.replica import Replica
 from rlserve.cluster.routing_policy import NoReplica, RoutingKey, choose_replica, routing_key
 from rlserve.sampling_params import SamplingParams
@@ -133,14 +133,5 @@ def completion_of(
     tokenizer: Any, prompt: list[int], sample: Sample, replica: str
 ) -> ClusterCompletion:
     """The completion of one sample made on `replica`."""
-    return ClusterCompletion(
-        prompt_token_ids=prompt,
-        token_ids=list(sample.token_ids),
-        text=tokenizer.decode(sample.token_ids, skip_special_tokens=True),
-        logprobs=list(sample.logprobs),
-        weight_versions=list(sample.weight_versions),
-        finish_reason=sample.finish_reason,
-        stop_reason=sample.stop_reason,
-        error=sample.error,
-        replica=replica,
-    )
+    completion = completion_of_sample(tokenizer, prompt, sample)
+    return ClusterCompletion(**vars(completion), replica=replica)
