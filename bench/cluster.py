@@ -20,11 +20,13 @@ import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
 import ray
 import uvicorn
+from checkpoint import qwen3_small_checkpoint
 
 from rlserve.cluster import ClusterConfig
 from rlserve.cluster.replica_set import ReplicaSet
@@ -94,10 +96,14 @@ def update_seconds(url: str, weights: bytes, repeats: int) -> float:
     return statistics.median(times)
 
 
-def start(num_replicas: int) -> ReplicaSet:
-    replicas = ReplicaSet(
-        ClusterConfig(num_replicas=num_replicas, engine_options=dict(ENGINE), health_interval_s=1)
+def start(num_replicas: int, model: Path) -> ReplicaSet:
+    config = ClusterConfig(
+        model=str(model),
+        num_replicas=num_replicas,
+        engine_options=dict(ENGINE),
+        health_interval_s=1,
     )
+    replicas = ReplicaSet(config)
     replicas.start()
     return replicas
 
@@ -107,10 +113,19 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--latency-requests", type=int, default=40)
+    parser.add_argument(
+        "--model",
+        choices=("bundled", "small"),
+        default="bundled",
+        help="small: the random ~48M Qwen3 shape (bench/checkpoint.py), where a step's cost "
+        "grows with the batch; the bundled model is so small that one replica's bigger batch "
+        "costs almost nothing more, so replicas add little there",
+    )
     args = parser.parse_args()
-    weights = (BUNDLED_MODEL / "model.safetensors").read_bytes()
+    model = BUNDLED_MODEL if args.model == "bundled" else qwen3_small_checkpoint()
+    weights = (model / "model.safetensors").read_bytes()
     ray.init(num_cpus=3, include_dashboard=False, logging_level="warning")
-    sets = {n: start(n) for n in (1, 2)}
+    sets = {n: start(n, model) for n in (1, 2)}
     routers = {n: Router(rs) for n, rs in sets.items()}
     rows: list[tuple[str, Any]] = []
     try:
