@@ -1,12 +1,14 @@
 """The one matmul seam: `linear(x, weight, bias)`, F.linear semantics.
 
-On AMD CPUs in fp32 it calls oneDNN's inner-product kernel instead of MKL's sgemm, which
-`torch.nn.functional.linear` uses: there MKL takes slow paths, and oneDNN is about 1.8x
-faster at batch 1 and 2-3x faster at batch 2-512 (`bench/kernels.py` measures both). On
-Intel CPUs MKL is as fast at large shapes and faster at small ones (1.5x end to end on the
-bundled model's batch-1 decode, measured 2026-12-01), so F.linear stays. The choice is made
-once, by CPU vendor, so a machine always computes the same numbers. oneDNN reads the dense
-weight on every call, so in-place weight updates take effect immediately, as with F.linear.
+On CPU in fp32, weights of at least ONEDNN_MIN_WEIGHT elements go through oneDNN's
+inner-product kernel instead of MKL's sgemm, which `torch.nn.functional.linear` uses: on
+AMD CPUs MKL takes slow paths, and oneDNN is about 1.8x faster at batch 1 and 2-3x faster
+at batch 2-512 (`bench/kernels.py` measures both). Smaller weights stay on F.linear:
+there oneDNN's fixed cost per call (30-60 us) outweighs the matmul (measured 2026-12-01 on
+an Intel Xeon: the bundled model decodes 1.15-1.36x faster so, the ~48M shape as fast or
+faster). The choice depends on the shape only, so a machine always computes the same
+numbers. oneDNN reads the dense weight on every call, so in-place weight updates take
+effect immediately, as with F.linear.
 
 In bf16 on CPU, `Linear` can also keep a copy of its weight in oneDNN's blocked layout
 (`RLSERVE_BF16_PACKED=1`). Measured (bench/step_profile.py --compare RLSERVE_BF16_PACKED=1,
@@ -18,28 +20,25 @@ weight update a re-pack (~0.3 s at ~48M, ~3 s at 0.6B, single thread), so it sta
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def _amd_cpu() -> bool:
-    try:
-        return "AuthenticAMD" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-
-
 HAS_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-ONEDNN = HAS_ONEDNN and _amd_cpu()  # the fp32 path (see the module docstring)
+ONEDNN = HAS_ONEDNN  # the fp32 path for big weights (see the module docstring)
+ONEDNN_MIN_WEIGHT = 1 << 20
 CAN_PACK = HAS_ONEDNN and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 PACK_BATCH_HINT = 16  # oneDNN picks the blocked layout for this batch; any batch then runs
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    if ONEDNN and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32:
+    if (
+        ONEDNN
+        and x.device.type == "cpu"
+        and x.dtype == weight.dtype == torch.float32
+        and weight.numel() >= ONEDNN_MIN_WEIGHT
+    ):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
 
