@@ -109,6 +109,37 @@ def pause_directly(ray_replicas, name: str) -> None:
     assert reply.status_code == 200, reply.text
 
 
+@contextlib.contextmanager
+def held_stream(
+    router_url: str, replica_url: str, path: str, body: dict[str, Any], headers: dict[str, str]
+) -> Iterator[dict[str, Any]]:
+    """A stream through the router that least-outstanding sends to the replica at
+    `replica_url` (the first by name when none is busy), held in flight there (the replica
+    is paused) for the block; then resumed and read. Yields {"replica", "body"}, filled on
+    exit. No timing involved: a short stream could otherwise end before the block runs."""
+    assert httpx.post(replica_url + "/pause", json={"mode": "keep"}, timeout=30).status_code == 200
+    streamed: dict[str, Any] = {}
+
+    def read() -> None:
+        with httpx.stream("POST", router_url + path, json=body, headers=headers, timeout=60) as s:
+            streamed["replica"] = s.headers["x-rlserve-replica"]
+            streamed["body"] = b"".join(s.iter_bytes())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        busy = lambda: any(r["outstanding"] for r in _rows(router_url))  # noqa: E731
+        assert wait_until(busy, 30)
+        yield streamed
+    finally:
+        httpx.post(replica_url + "/resume", json={}, timeout=30)
+        reader.join(60)
+
+
+def _rows(router_url: str) -> list[dict[str, Any]]:
+    return httpx.get(router_url + "/health", timeout=10).json()["replicas"]
+
+
 def test_openai_sdk_through_the_router_gets_the_replicas_reply(oai, model, ray_replicas):
     raw = oai.completions.with_raw_response.create(
         model=model, prompt="12+7=", max_tokens=8, temperature=0
@@ -140,14 +171,14 @@ def test_an_n_group_stays_on_one_replica(router, oai, model):
     assert router.counted("requests", other) == before[other]
 
 
-def test_requests_spread_over_both_replicas(router, oai, model):
+def test_requests_spread_over_both_replicas(router, oai, model, ray_replicas):
     before = {n: router.counted("requests", n) for n in ("ray-0", "ray-1")}
     body = {"model": model, "messages": [{"role": "user", "content": "1+1?"}], "stream": True}
-    with httpx.stream("POST", router.url + "/v1/chat/completions", json=body, timeout=60) as s:
-        first = s.headers["x-rlserve-replica"]  # its stream is open: one outstanding there
+    path = "/v1/chat/completions"
+    with held_stream(router.url, url_of(ray_replicas, "ray-0"), path, body, {}) as streamed:
         other = oai.completions.with_raw_response.create(model=model, prompt="2+2=", max_tokens=4)
-        assert other.headers["x-rlserve-replica"] != first
-        assert b"[DONE]" in b"".join(s.iter_bytes())
+        assert other.headers["x-rlserve-replica"] == "ray-1"
+    assert streamed["replica"] == "ray-0" and b"[DONE]" in streamed["body"]
     assert all(router.counted("requests", n) == before[n] + 1 for n in before)
 
 

@@ -17,7 +17,7 @@ import pytest
 from rlserve.cluster import ClusterConfig
 from rlserve.cluster.replica_set import ReplicaSet
 from rlserve.cluster.router_config import RouterConfig
-from tests.cluster.test_router import RunningRouter, sample
+from tests.cluster.test_router import RunningRouter, held_stream, sample
 from tests.support.servers import RunningServer, free_port, wait_until
 
 KEY = "router-key"
@@ -54,15 +54,13 @@ def _status(url: str, **kwargs) -> int:
 def test_cli_router_spreads_over_two_plain_servers(cli_router, rlserve_servers):
     oai = openai.OpenAI(base_url=cli_router + "/v1", api_key=KEY, max_retries=0)
     model = oai.models.list().data[0].id
-    body = {"model": model, "prompt": "3+3=", "max_tokens": 8, "stream": True}
     auth = {"Authorization": f"Bearer {KEY}"}
-    with httpx.stream(
-        "POST", cli_router + "/v1/completions", json=body, headers=auth, timeout=60
-    ) as stream:
-        first = stream.headers["x-rlserve-replica"]
+    body = {"model": model, "prompt": "3+3=", "max_tokens": 8, "stream": True}
+    remote_0 = rlserve_servers[0].url
+    with held_stream(cli_router, remote_0, "/v1/completions", body, auth) as streamed:
         other = oai.completions.with_raw_response.create(model=model, prompt="1+2=", max_tokens=4)
-        assert {first, other.headers["x-rlserve-replica"]} == {"remote-0", "remote-1"}
-        assert b"[DONE]" in b"".join(stream.iter_bytes())
+        assert other.headers["x-rlserve-replica"] == "remote-1"
+    assert streamed["replica"] == "remote-0" and b"[DONE]" in streamed["body"]
 
     health = httpx.get(cli_router + "/health", timeout=10).json()
     rows = {r["name"]: r for r in health["replicas"]}
