@@ -8,7 +8,8 @@ Workloads (all on the bundled model, the target):
           n-gram proposer
   pair    the chat task with the bundled draft model (src/rlserve/assets/draft) proposing
 Each row runs batch 1, 4 and 16 with speculation off and on, rounds interleaved (off, on,
-off, on, ...), one thread; tokens/s is the median round's output tokens / wall time, the
+off, on, ...), one thread; a round generates for all 16 prompts of the workload, `batch`
+at a time; tokens/s is the median round's output tokens / wall time, the
 speedup the median of each round's on/off ratio (neighbouring rounds share the load of a
 shared machine). The speculative engine is fresh per workload (its running acceptance).
 acceptance = accepted / proposed guesses; "len" = tokens per verifying sequence-step
@@ -136,10 +137,12 @@ def spec_config(method: str, k: int, draft_model: Path) -> dict:
 
 
 def timed_round(engine: Engine, w: Workload, batch: int) -> tuple[float, list[list[int]], dict]:
-    prompts, params = w.prompts[:batch], w.params[:batch]
+    """Every prompt of `w`, `batch` at a time (one generate call per chunk)."""
     before = engine.stats()
     start = time.perf_counter()
-    outs = engine.generate(prompts, params)
+    outs = []
+    for at in range(0, len(w.prompts), batch):
+        outs += engine.generate(w.prompts[at : at + batch], w.params[at : at + batch])
     seconds = time.perf_counter() - start
     after = engine.stats()
     tokens = [o.outputs[0].token_ids for o in outs]

@@ -128,6 +128,15 @@ def test_greedy_32_requests_equal_without_speculation(method, spec_engines, make
     assert_same(on, off)
 
 
+def test_verify_rows_on_the_reference_attention_path(engine, monkeypatch):
+    # Verify rows attend as decodes; without the CPU kernel (as on CUDA) that is the
+    # gathered-pages SDPA path, several rows of one block table in a group.
+    monkeypatch.setenv("RLSERVE_PAGED_KERNEL", "0")
+    prompts = repetitive_prompts(6)
+    on, off = both(engine, lambda: engine.generate(prompts, GREEDY))
+    assert_same(on, off)
+
+
 def test_logprobs_are_the_targets_own_score(engine):
     prompts = repetitive_prompts(4)
     params = SamplingParams(max_tokens=16, temperature=0.7, seed=3)

@@ -128,6 +128,8 @@ class ModelRunner:
             slots.extend(table[p // bs] * bs + p % bs for p in range(first, end))
             if num_new == 1:
                 decodes.append((start, table, end))
+            elif i in draft_rows:  # each verify row attends as a decode at its own length
+                decodes.extend((start + j, table, first + j + 1) for j in range(num_new))
             else:
                 prefills.append(PrefillSpan(start, num_new, end, self._tensor(table)))
             if samples[i]:

@@ -1,9 +1,12 @@
 """Speculative decoding: guess a few tokens per sequence, verify them in one forward.
 
 Before a step's forward, `Speculator.propose` asks the proposer for up to k guesses
-d1..dk for each eligible decoding sequence and schedules [last token, d1..dk] as one
-short prefill over its paged KV (k + 1 rows). After the forward, `verify` samples row j
-exactly as decoding without speculation would sample that position (the same
+d1..dk for each eligible decoding sequence and schedules [last token, d1..dk] as k + 1
+rows over its paged KV; their K/V are written first, then each row attends as a decode
+does, to its own length (the paged decode kernel: one call per layer for the whole batch;
+measured 1.09x faster at batch 1, 1.04x at 16, than prefill spans through SDPA with
+gathers, and the same attention numerics as decoding). After the forward, `verify`
+samples row j exactly as decoding without speculation would sample that position (the same
 `SamplingRow`: temperature, top-k/p, min-p, min_tokens bans, and the same
 `noise_seed(seed, index, position)`), appends the token through the normal path (stop
 ids, stop strings, EOS, max_tokens, detokeniser), and goes on to row j + 1 only while the
