@@ -11,7 +11,7 @@ WHEELS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
 	$(PY) -m pip install -q $(WHEELS) $(TORCH_PIN)
 	$(PY) -m pip install -q -e ".[dev]"
 	# build the CPU kernels now (g++; each warns and falls back to torch ops without it)
-	$(PY) -c "from rlserve.models import fused, int8_build, paged_kernel; int8_build.int8_kernel(); paged_kernel.kernel(); fused.kernel()"
+	$(PY) -c "from rlserve.models import decode_step, fused, int8_build, paged_kernel; int8_build.int8_kernel(); paged_kernel.kernel(); fused.kernel(); decode_step.kernel()"
 	touch $@
 
 install: .venv/.installed

@@ -267,3 +267,32 @@ def test_fastest_linears_keep_the_drafts_outputs(monkeypatch):
     for a, b in zip(before, after, strict=True):
         assert a.outputs[0].token_ids == b.outputs[0].token_ids
         assert a.outputs[0].logprobs == pytest.approx(b.outputs[0].logprobs, abs=1e-4)
+
+
+def propose_twice(proposer: DraftProposer, prompts: list[list[int]]) -> list[list[int]]:
+    """Guesses for each prompt, then again once the first guess is confirmed (a decode
+    on the KV of the first call)."""
+    first = [proposer.propose([item(ids, key=("n", i))])[0] for i, ids in enumerate(prompts)]
+    again = [
+        proposer.propose([item(ids + guess[:1], key=("n", i))])[0]
+        for i, (ids, guess) in enumerate(zip(prompts, first, strict=True))
+    ]
+    return first + again
+
+
+def test_native_decode_steps_give_the_module_paths_guesses(proposer):
+    prompts = [chat_ids(proposer, f"What is {a} + {b}?") for a, b in [(23, 45), (67, 8)]]
+    loop, step = proposer.loop, proposer.loop.decode_step
+    assert step is not None  # the bundled draft runs its one-token forwards natively
+    loop.reset()
+    before = loop.counters["draft_native_forwards"]
+    native = propose_twice(proposer, prompts)
+    assert loop.counters["draft_native_forwards"] > before
+    loop.reset()
+    loop.decode_step = None
+    try:
+        module = propose_twice(proposer, prompts)
+    finally:
+        loop.decode_step = step
+        proposer.reset()
+    assert native == module

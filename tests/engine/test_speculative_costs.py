@@ -52,13 +52,27 @@ def test_costs_follow_drift_and_clip_stalls():
     for _ in range(8):
         costs.record(2, True, 1.0, 1)
     costs.record(2, True, 1000.0, 1)  # a stall (a paused caller): clipped
-    assert costs.costs[1][0] < 2.0
+    assert costs.cost(1, True) < 2.0
     assert costs.pays(2)
     for _ in range(20):  # speculation got slower for good: the estimate follows
         costs.record(2, True, 4.0, 1)
     assert not costs.pays(2)
     with pytest.raises(ValueError, match="probe_steps"):
         MeasuredCosts(probe_steps=4, reprobe_every=4)
+
+
+def test_cost_is_seconds_over_tokens_not_a_mean_of_step_ratios():
+    # Verify steps of 5 ms keeping 5 tokens or 1 (alternating): 10 ms for 6 tokens, 1.67
+    # ms per token; a mean of the step ratios would say 3 ms and lose to plain's 2 ms.
+    costs = MeasuredCosts(probe_steps=2, reprobe_every=1000)
+    for tokens in (5, 1) * 10:
+        costs.record(1, True, 0.005, tokens)
+    for _ in range(4):
+        costs.record(1, False, 0.002, 1)
+    assert costs.cost(0, True) == pytest.approx(0.005 / 3, rel=0.15)
+    assert costs.cost(0, False) == pytest.approx(0.002)
+    assert costs.pays(1)
+    assert costs.cost(3, True) is None
 
 
 def seq(tokens: int) -> Sequence:

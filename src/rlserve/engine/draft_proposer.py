@@ -15,6 +15,7 @@ distribution is the target's, token for token what decoding without speculation 
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -24,9 +25,12 @@ from rlserve._checks import ParamError, check_number
 from rlserve.engine.draft_fast import use_fastest_linears
 from rlserve.engine.draft_loop import DraftLoop
 from rlserve.engine.proposer import ProposalInput
+from rlserve.models.decode_step import DecodeStep, unsupported_reason
 
 if TYPE_CHECKING:
     from rlserve.engine.core import EngineCore
+
+log = logging.getLogger(__name__)
 
 # KV budget of the inner core when `draft_num_blocks` is not given.
 DRAFT_KV_CACHE_MEMORY = 64 * 2**20
@@ -92,8 +96,14 @@ class DraftProposer:
         )
         self.vocab_size = self.core.model.config.vocab_size
         check_same_vocabulary(self.core, draft_model, target_vocab_size, target_tokenizer)
-        use_fastest_linears(self.core.model)  # only speed depends on the draft's numerics
-        self.loop = DraftLoop(self.core.runner, self.core.block_manager)
+        # Only speed depends on the draft's numerics: its fastest paths are fine.
+        model, block_size = self.core.model, self.core.block_manager.block_size
+        use_fastest_linears(model)
+        reason = unsupported_reason(model)
+        if reason is not None:
+            log.info("draft decode forwards use the module path: %s", reason)
+        step = DecodeStep(model, block_size) if reason is None else None
+        self.loop = DraftLoop(self.core.runner, self.core.block_manager, step)
 
     def propose(self, inputs: list[ProposalInput]) -> list[list[int]]:
         """Up to `input.max_tokens` greedy draft tokens per input, in input order.
@@ -178,8 +188,14 @@ def _check_inputs(inputs: list[ProposalInput], vocab_size: int) -> None:
             raise ParamError("max_tokens", f"max_tokens must be an int, got {item.max_tokens!r}")
         if item.max_tokens < 1:
             raise ParamError("max_tokens", f"max_tokens must be >= 1, got {item.max_tokens}")
-        ids = item.token_ids
-        if not ids or not all(type(t) is int and 0 <= t < vocab_size for t in ids):
+        ids = item.token_ids  # checked at C speed: this runs every step, over whole sequences
+        if not (
+            isinstance(ids, list)
+            and ids
+            and set(map(type, ids)) == {int}
+            and 0 <= min(ids)
+            and max(ids) < vocab_size
+        ):
             raise ParamError(
                 "token_ids", f"token_ids of {item.key!r} must be ids in [0, {vocab_size})"
             )

@@ -102,7 +102,7 @@ NUM_BUCKETS = 5  # running decode sequences: 1, 2-3, 4-7, 8-15, 16+
 PROBE_STEPS = 2  # measured steps per mode before a bucket decides, and per re-probe
 REPROBE_EVERY = 64  # decisions in a bucket between re-probes of the mode it turned down
 COST_EMA = 0.2  # weight of the newest sample in a bucket's cost (after the first few)
-MAX_JUMP = 4.0  # a sample is clipped to this many times the running cost (a stall)
+MAX_JUMP = 4.0  # a step's seconds are clipped to this many times the running mean (a stall)
 
 
 def bucket_of(num_decoding: int) -> int:
@@ -134,17 +134,28 @@ class MeasuredCosts:
 
     A bucket first runs `probe_steps` measured steps speculating, then as many plain;
     then it picks the cheaper mode, and every `reprobe_every` decisions runs the other
-    one `probe_steps` times again (costs drift with load and acceptance). Only speed
-    depends on it: outputs are the same either way."""
+    one `probe_steps` times again (costs drift with load and acceptance). A mode's cost
+    is its running seconds over its running tokens (a ratio of sums: a mean of per-step
+    ratios would weigh a verify step that kept one token like one that kept five, and
+    overstate speculation's cost ~2x). Only speed depends on it: outputs are the same
+    either way."""
 
     def __init__(self, probe_steps: int = PROBE_STEPS, reprobe_every: int = REPROBE_EVERY):
         if probe_steps < 1 or reprobe_every <= probe_steps:
             raise ValueError("need probe_steps >= 1 and reprobe_every > probe_steps")
         self.probe_steps, self.reprobe_every = probe_steps, reprobe_every
-        # per bucket: [speculating, plain] seconds per token (None: not measured yet)
-        self.costs: list[list[float | None]] = [[None, None] for _ in range(NUM_BUCKETS)]
+        # per bucket and mode ([speculating, plain]): running seconds and tokens per step
+        self.seconds = [[0.0, 0.0] for _ in range(NUM_BUCKETS)]
+        self.tokens = [[0.0, 0.0] for _ in range(NUM_BUCKETS)]
         self.samples = [[0, 0] for _ in range(NUM_BUCKETS)]
         self.decisions = [0] * NUM_BUCKETS
+
+    def cost(self, bucket: int, speculated: bool) -> float | None:
+        """Seconds per token of a mode in a bucket (None: not measured yet)."""
+        mode = 0 if speculated else 1
+        if not self.samples[bucket][mode]:
+            return None
+        return self.seconds[bucket][mode] / self.tokens[bucket][mode]
 
     def pays(self, num_decoding: int) -> bool:
         """Whether the next step of this batch size should speculate."""
@@ -155,21 +166,20 @@ class MeasuredCosts:
         if off < self.probe_steps:
             return False
         decision, self.decisions[b] = self.decisions[b], self.decisions[b] + 1
-        cost_on, cost_off = self.costs[b]
-        cheaper = cost_on <= cost_off  # type: ignore[operator]
+        cheaper = self.cost(b, True) <= self.cost(b, False)  # type: ignore[operator]
         probing = decision % self.reprobe_every >= self.reprobe_every - self.probe_steps
         return not cheaper if probing else cheaper
 
     def record(self, num_decoding: int, speculated: bool, seconds: float, tokens: int) -> None:
         """One measured step: `tokens` appended in `seconds`."""
         b, mode = bucket_of(num_decoding), 0 if speculated else 1
-        cost, old = seconds / tokens, self.costs[b][mode]
         self.samples[b][mode] += 1
-        if old is None:
-            self.costs[b][mode] = cost
-            return
-        weight = max(COST_EMA, 1 / self.samples[b][mode])  # a mean of the first samples
-        self.costs[b][mode] = old + weight * (min(cost, MAX_JUMP * old) - old)
+        n = self.samples[b][mode]
+        if n > 1:  # a stall (a paused caller) counts as MAX_JUMP running steps at most
+            seconds = min(seconds, MAX_JUMP * self.seconds[b][mode])
+        weight = max(COST_EMA, 1 / n)  # a mean of the first samples, then an EMA
+        self.seconds[b][mode] += weight * (seconds - self.seconds[b][mode])
+        self.tokens[b][mode] += weight * (tokens - self.tokens[b][mode])
 
 
 class StepTimer:
