@@ -65,6 +65,7 @@ def both(engine: Engine, run: Callable[[], list[RequestOutput]]) -> tuple[list, 
     """run() with speculation on (from a fresh running acceptance: earlier tests' low
     acceptance may have turned it off), then off; asserts it really speculated."""
     engine.step_runner.speculator.acceptance = 1.0
+    engine.step_runner.speculator.settle = 0
     before = engine.stats()["spec_accepted_tokens"]
     on = run()
     assert engine.stats()["spec_accepted_tokens"] > before, "nothing was accepted"
@@ -335,13 +336,13 @@ def proposer(engine: Engine, replacement: Recording, **config) -> Iterator[Recor
     from dataclasses import replace
 
     spec = engine.step_runner.speculator
-    saved = spec.proposer, spec.config, spec.acceptance, spec.steps_off
+    saved = spec.proposer, spec.config, spec.acceptance, spec.steps_off, spec.settle
     spec.proposer, spec.config = replacement, replace(spec.config, **config)
-    spec.acceptance, spec.steps_off = 1.0, 0
+    spec.acceptance, spec.steps_off, spec.settle = 1.0, 0, 0
     try:
         yield replacement
     finally:
-        spec.proposer, spec.config, spec.acceptance, spec.steps_off = saved
+        spec.proposer, spec.config, spec.acceptance, spec.steps_off, spec.settle = saved
 
 
 def test_release_on_finish_and_abort_reset_on_weight_update(engine):
@@ -365,6 +366,24 @@ def test_speculation_turns_off_for_large_batches(engine):
         assert rec.calls == 0
         engine.generate(prompts[:2], SamplingParams(max_tokens=12, temperature=0))
         assert rec.calls > 0
+
+
+def test_a_batch_that_shrinks_under_the_cap_waits_before_speculating(engine):
+    from rlserve.engine.speculative import SETTLE_STEPS
+
+    long = SamplingParams(max_tokens=16, temperature=0, ignore_eos=True)
+    short = SamplingParams(max_tokens=3, temperature=0, ignore_eos=True)
+    with proposer(engine, Recording(), max_batch_size=2) as rec:
+        for params in (long, short, short):
+            engine.add_request([9, 10, 11] * 4, params)
+        calls = []  # (sequences running before the step, proposer calls after it)
+        while engine.has_unfinished_requests():
+            running = len(engine.scheduler.running)
+            engine.step()
+            calls.append((running, rec.calls))
+    shrunk = next(i for i, (running, _) in enumerate(calls) if running == 1)
+    assert all(n == 0 for _, n in calls[: shrunk + SETTLE_STEPS])
+    assert calls[shrunk + SETTLE_STEPS][1] == 1
 
 
 def test_speculation_turns_off_while_guesses_fail_and_probes(engine):

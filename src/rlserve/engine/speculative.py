@@ -64,6 +64,11 @@ SPEC_COUNTERS = (
 )
 EMA_WEIGHT = 0.1  # of the newest step in the running acceptance
 PROBE_EVERY = 64  # steps between probes while acceptance keeps speculation off
+# Decode steps a batch that shrank below max_batch_size waits before speculating: the
+# sequences left are new to a draft, which must first compute their whole prompts, and a
+# tail that ends within a step or two pays that for nothing (measured, bench/speculative.py
+# draft pair T=1, batch 16: 0.90-0.95x without the wait).
+SETTLE_STEPS = 2
 
 
 def speculator_for(config: SpeculativeConfig | None, step: StepRunner) -> Speculator | None:
@@ -123,6 +128,7 @@ class Speculator:
         self.vocab_size = vocab_size
         self.acceptance = 1.0  # running (EMA) accepted / proposed
         self.steps_off = 0  # steps skipped for low acceptance since the last probe
+        self.settle = 0  # decode steps still to wait after the batch fell under the cap
         self._version = policy.version
         self.costs: CostRule = MeasuredCosts() if costs is None else costs
         self.timer = StepTimer(clock)
@@ -187,8 +193,13 @@ class Speculator:
     def _worth_it(self, num_decoding: int) -> bool:
         """Speculation pays while decode is overhead bound (few sequences), guesses are
         often right (while acceptance is low it is probed every PROBE_EVERY steps) and
-        the measured cost per token says so."""
+        the measured cost per token says so; a batch that just fell under the size cap
+        waits SETTLE_STEPS steps first."""
         if num_decoding > self.config.max_batch_size:
+            self.settle = SETTLE_STEPS
+            return False
+        if self.settle:
+            self.settle -= 1
             return False
         if self.acceptance < self.config.min_acceptance:
             self.steps_off += 1
