@@ -99,5 +99,7 @@ def test_unsupported_models_and_bad_input_are_refused(make_engine):
         step.run([1], [16], [[0]])  # position 16 needs a second block
     with pytest.raises(ValueError, match="outside"):
         step.run([1], [-1], [[0]])
+    with pytest.raises(ValueError, match="block ids"):
+        step.run([1], [3], [[16]])  # engine.num_blocks is 16: no block 16
     with pytest.raises(ValueError, match="refused"):
         step.run([10_000], [0], [[0]])  # not a token id of this model

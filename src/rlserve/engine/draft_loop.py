@@ -11,8 +11,8 @@ catches them all up and samples their first guess, then one forward per further 
 The engine's scheduler, sampler, output processor and detokeniser are not involved: a
 greedy guess is an argmax of the fp32 logits. Forwards of a few new tokens (all but the
 first of new sequences) run as one native call (`models/decode_step.py`) where the draft
-allows it: a decode forward of the bundled draft costs ~0.1 ms so, ~0.9 ms through its
-modules.
+allows it: a decode forward of the bundled draft costs ~0.1 ms that way, ~0.9 ms through
+its modules.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class DraftLoop:
     ) -> None:
         self.runner = runner
         self.block_manager = block_manager
-        self.decode_step = decode_step  # forwards of one new token per sequence, if given
+        self.decode_step = decode_step  # runs the few-token forwards, if given
         self.seqs: OrderedDict[Key, Sequence] = OrderedDict()  # least recently used first
         self.confirmed: dict[Key, int] = {}  # tokens the target confirmed, per sequence
         self.counters = {

@@ -1,16 +1,17 @@
-"""A whole decode forward of a small fp32 CPU model in one native call (`decode_step.cpp`).
+"""A few tokens' forward of a small fp32 CPU model in one native call (`decode_step.cpp`).
 
-A draft model's forward (hidden 128, 2 layers) costs ~0.9 ms through the module path, nearly
-all of it the dispatch of ~100 small ops; the same arithmetic in one C++ loop takes tens
-of microseconds. `DecodeStep` runs that loop on the model's own weights and paged KV
-cache: each row is one sequence's single new token; its K/V goes to its cache slot, as
-the module path writes it, so both paths can serve one sequence in turn. It returns each
-row's greedy token and that token's logprob, not logits.
+A draft model's decode forward (hidden 128, 2 layers) costs ~0.9 ms through the module
+path, nearly all of it the dispatch of ~100 small ops; the same arithmetic in one C++
+loop takes under 0.1 ms. `DecodeStep` runs that loop over the model's paged KV cache:
+each row is one new token of a sequence (a few rows of one sequence make a short
+prefill); its K/V goes to its cache slot, as the module path writes it, so both paths
+can serve one sequence in turn. It returns each row's greedy next token and that token's
+logprob, not logits.
 
 Its numbers are the module path's up to summation order (last bits), so it serves only a
 model whose outputs affect speed alone: the speculative-decoding draft
-(engine/draft_loop.py). Models it cannot run (not CPU fp32, LoRA, another layout)
-report why in `unsupported_reason`.
+(engine/draft_loop.py). Models it cannot run (not fp32 on CPU, not contiguous) report
+why in `unsupported_reason`.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def kernel() -> ctypes.CDLL | None:
 
 def unsupported_reason(model: LlamaModel) -> str | None:
     """Why `DecodeStep` cannot run `model`, or None when it can."""
-    tensors = [p for p in model.parameters()] + [model.rope.cos, model.rope.sin]
+    tensors = [*model.parameters(), model.rope.cos, model.rope.sin]
     tensors += [
         t for layer in model.layers for t in (layer.self_attn.k_cache, layer.self_attn.v_cache)
     ]
@@ -103,9 +104,13 @@ class DecodeStep:
         if not rows or not len(positions) == len(block_tables) == rows:
             raise ValueError("need one position and one block table per token (and a token)")
         max_positions = self.model.rope.cos.shape[0]
+        num_blocks = self.model.layers[0].self_attn.k_cache.shape[0]
         for p, table in zip(positions, block_tables, strict=True):
             if not 0 <= p < max_positions or len(table) <= p // bs:
                 raise ValueError(f"position {p} is outside [0, {max_positions}) or its blocks")
+            used = table[: p // bs + 1]  # the blocks the row reads and writes
+            if not 0 <= min(used) <= max(used) < num_blocks:
+                raise ValueError(f"block ids must be in [0, {num_blocks}), got {used}")
         width = max(len(t) for t in block_tables)
         slots = [t[p // bs] * bs + p % bs for t, p in zip(block_tables, positions, strict=True)]
         ids, pos, slot = (torch.tensor(v, dtype=torch.long) for v in (token_ids, positions, slots))
