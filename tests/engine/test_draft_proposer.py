@@ -218,6 +218,9 @@ def test_the_same_tokenizer_is_accepted():
         ([item([])], "token_ids"),
         ([item([1, TARGET_VOCAB])], "token_ids"),
         ([item([1, -1])], "token_ids"),
+        ([item([1, True])], "token_ids"),
+        ([item([1, 2.0])], "token_ids"),
+        ([item((1, 2))], "token_ids"),
         ([item([1, 2]), item([3, 4])], "key"),
     ],
 )
