@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import httpx
@@ -26,7 +26,8 @@ from rlserve.cluster.router_proxy import Outgoing, Proxy, parse_body
 from rlserve.cluster.routing_policy import RoutingKey, canonical_policy, routing_key
 from rlserve.server.auth import Access
 from rlserve.server.body_limits import read_limited
-from rlserve.server.errors import ClientGone, error_response, install_error_handlers
+from rlserve.server.errors import error_response, install_error_handlers
+from rlserve.server.http_utils import unless_client_left
 from rlserve.server.metrics import TEXT_CONTENT_TYPE
 from rlserve.server.ops_routes import server_version, wants_json
 
@@ -189,26 +190,6 @@ def proxy_router(state: RouterState, api: Access, admin: Access) -> APIRouter:
     router.add_api_route("/{path:path}", any_replica, methods=["GET"], dependencies=admin_guard)
     router.add_api_route("/{path:path}", _not_routed, methods=["POST", "PUT", "PATCH", "DELETE"])
     return router
-
-
-async def unless_client_left(request: Request, work: Awaitable[Response]) -> Response:
-    """Await `work`; if the client goes away first, cancel it: that closes the connection
-    to the replica, which aborts the request there (its KV is freed at once)."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request))
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            return task.result()
-        raise ClientGone()
-    finally:
-        watcher.cancel()
-        task.cancel()
-
-
-async def _disconnected(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 def _outgoing(request: Request, body: bytes, key: RoutingKey) -> Outgoing:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from collections.abc import Set as AbstractSet
 from typing import Any, TypeVar
 
@@ -128,9 +128,11 @@ async def _disconnected(request: Request) -> None:
             return
 
 
-async def unless_disconnected(request: Request, group: RequestGroup, work: Awaitable[T]) -> T:
-    """Await `work`; if the client goes away first, abort `group` (freeing its KV blocks)
-    and raise ClientGone."""
+async def unless_client_left(
+    request: Request, work: Awaitable[T], on_gone: Callable[[], None] = lambda: None
+) -> T:
+    """Await `work`; if the client goes away first, cancel it, call `on_gone` and raise
+    ClientGone."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_disconnected(request))
     try:
@@ -142,4 +144,10 @@ async def unless_disconnected(request: Request, group: RequestGroup, work: Await
         watcher.cancel()
         if not task.done():
             task.cancel()
-            group.abort()
+            on_gone()
+
+
+async def unless_disconnected(request: Request, group: RequestGroup, work: Awaitable[T]) -> T:
+    """Await `work`; if the client goes away first, abort `group` (freeing its KV blocks)
+    and raise ClientGone."""
+    return await unless_client_left(request, work, group.abort)
