@@ -37,6 +37,7 @@ import torch
 from transformers import AutoTokenizer
 
 from rlserve import Engine, SamplingParams
+from rlserve.compat.builtin_tools import CALCULATOR_SCHEMA
 from rlserve.config import BUNDLED_MODEL
 from rlserve.engine.draft_proposer import DraftProposer
 from rlserve.engine.ngram_proposer import NgramProposer
@@ -77,20 +78,6 @@ def chat_workloads(tokenizer, sampled: bool) -> list[Workload]:
     ]
 
 
-CALCULATOR = {
-    "type": "function",
-    "function": {
-        "name": "calculator",
-        "description": "Evaluate an arithmetic expression.",
-        "parameters": {
-            "type": "object",
-            "properties": {"expression": {"type": "string"}},
-            "required": ["expression"],
-        },
-    },
-}
-
-
 def tool_exchange(a: int, b: int) -> list[dict]:
     """One earlier turn: the question, the calculator call, its result, the answer."""
     call = {"name": "calculator", "arguments": {"expression": f"{a} * {b}"}}
@@ -113,7 +100,7 @@ def repeat_workload(tokenizer) -> Workload:
         a, b = 300 + 17 * i, 20 + i
         messages = tool_exchange(a, b) + [{"role": "user", "content": f"What is {a} * {b + 1}?"}]
         text = tokenizer.apply_chat_template(
-            messages, tools=[CALCULATOR], add_generation_prompt=True, tokenize=False
+            messages, tools=[CALCULATOR_SCHEMA], add_generation_prompt=True, tokenize=False
         )
         prompts.append(tokenizer.encode(text, add_special_tokens=False))
     params = [SamplingParams(temperature=0.0, max_tokens=64)] * 16
